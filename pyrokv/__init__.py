@@ -1,0 +1,52 @@
+"""pyrokv: a routed, distributed, in-memory key-value store on Pyro5.
+
+Buckets live on nodes; a :class:`Router` sends each operation to the node that owns
+the bucket, chosen by the first byte of the bucket's name in a :class:`RoutingTable`.
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("pyrokv")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0.0.0"
+
+from .client import Client
+from .errors import (
+    BucketNotFoundError,
+    ConfigError,
+    InvalidTableError,
+    NodeUnavailableError,
+    NoRouteError,
+    ProtocolError,
+    PyroKVError,
+    RoutingLoopError,
+    TaskArgumentError,
+    TaskNotAllowedError,
+)
+from .node import NodeHandle, start_node
+from .registry import Registry
+from .router import Router
+from .runner import TaskRunner
+from .table import RoutingTable
+
+__all__ = [
+    "BucketNotFoundError",
+    "Client",
+    "ConfigError",
+    "InvalidTableError",
+    "NoRouteError",
+    "NodeHandle",
+    "NodeUnavailableError",
+    "ProtocolError",
+    "PyroKVError",
+    "Registry",
+    "Router",
+    "RoutingLoopError",
+    "RoutingTable",
+    "TaskArgumentError",
+    "TaskNotAllowedError",
+    "TaskRunner",
+    "__version__",
+    "start_node",
+]

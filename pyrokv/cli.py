@@ -1,0 +1,252 @@
+"""The ``pyrokv`` command line: ``main(argv) -> exit code``.
+
+Exit codes: 0 success; 1 a pyrokv error (printed as ``pyrokv: ClassName: text`` on
+stderr, never a traceback); 2 a usage or configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import sys
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from . import __version__
+from .config import Settings, load_settings
+from .errors import PyroKVError
+from .naming import parse_address
+from .runner import DEFAULT_ALLOW, check_module_name
+from .table import RoutingTable
+
+__all__ = ["main"]
+
+TASKS_MODULE = "pyrokv.tasks"
+
+
+def _common(parser: argparse.ArgumentParser, ns: bool = True) -> None:
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="settings file (default: ./nameserver.conf when present, or $PYROKV_CONFIG)",
+    )
+    if ns:
+        parser.add_argument(
+            "--ns",
+            metavar="HOST:PORT",
+            help="the name server (default: $PYROKV_NS, else the config file, "
+            "else 127.0.0.1:9090)",
+        )
+
+
+def _timeout(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        metavar="SECONDS",
+        help="longest a routed request may take (default 5)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every ``pyrokv`` command."""
+    parser = argparse.ArgumentParser(
+        prog="pyrokv",
+        description="A routed, distributed, in-memory key-value store on Pyro5.",
+    )
+    parser.add_argument("--version", action="version", version=f"pyrokv {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = commands.add_parser(
+        "nameserver",
+        help="run Pyro5's name server in the foreground",
+        description="Run Pyro5's own name server (no broadcast) until SIGTERM or Ctrl-C.",
+    )
+    _common(p, ns=False)
+    p.add_argument("--host", help="address to bind (default: [nameserver] host, 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (default: [nameserver] port, 9090; 0 = any free)")
+
+    p = commands.add_parser(
+        "node",
+        help="run one node (Registry and TaskRunner) in the foreground",
+        description="Run node NAME: serve its buckets and tasks, registered in the name "
+        "server as pyrokv.NAME.registry and pyrokv.NAME.tasks. Prints 'READY NAME URI' "
+        "once registered; SIGTERM or Ctrl-C unregisters it and exits 0.",
+    )
+    p.add_argument("name", metavar="NAME", help="node name (letters, digits, '_', '-')")
+    _common(p)
+    _timeout(p)
+    p.add_argument("--host", help="address the node's Pyro5 daemon binds (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="its port (default 0: any free port)")
+    p.add_argument("--table", metavar="SPEC", help="routing table, e.g. 'a..m=foo, n..z=bar'")
+    p.add_argument(
+        "--allow",
+        metavar="MODULE",
+        action="append",
+        default=[],
+        help=f"also run tasks from MODULE (repeatable; {', '.join(DEFAULT_ALLOW)} always)",
+    )
+
+    p = commands.add_parser(
+        "call",
+        help="route a task by bucket name and print its result",
+        description="Route FUNC(*ARGS) to the node that owns BUCKET and print the result. "
+        "FUNC is a dotted name; a bare name means pyrokv.tasks.NAME. Each ARG is read "
+        "as a Python literal where it parses (1, 'x', [1, 2], None), else as a string. "
+        "Example: pyrokv call hello node_name",
+    )
+    p.add_argument("bucket", metavar="BUCKET")
+    p.add_argument("func", metavar="FUNC")
+    p.add_argument("args", metavar="ARG", nargs="*")
+    p.add_argument("--via", metavar="NODE", help="node whose router starts the route (default: any live node)")
+    _common(p)
+    _timeout(p)
+
+    p = commands.add_parser(
+        "status",
+        help="list the registered nodes: address, liveness, table, buckets",
+        description="One row per node registered in the name server.",
+    )
+    _common(p)
+
+    p = commands.add_parser(
+        "config",
+        help="print the effective settings",
+        description="Print the settings after defaults, the config file and PYROKV_* "
+        "variables are applied.",
+    )
+    _common(p)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``pyrokv`` command line; return its exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+        if getattr(args, "ns", None):
+            host, port = parse_address(args.ns, "--ns")
+            settings = settings.replace(ns_host=host, ns_port=port)
+        if getattr(args, "timeout", None) is not None:
+            if not args.timeout > 0:
+                parser.error("--timeout must be a positive number of seconds")
+            settings = settings.replace(timeout=args.timeout)
+        return int(COMMANDS[args.command](args, settings))
+    except PyroKVError as exc:
+        print(f"pyrokv: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+def _nameserver(args: argparse.Namespace, settings: Settings) -> int:
+    import Pyro5.nameserver
+
+    from .node import wait_for_signal
+    from .wire import setup_pyro
+
+    setup_pyro()
+    host = args.host or settings.ns_host
+    port = settings.ns_port if args.port is None else args.port
+    try:
+        uri, daemon, _ = Pyro5.nameserver.start_ns(host, port, enableBroadcast=False)
+    except OSError as exc:
+        raise PyroKVError(
+            f"cannot start the name server on {host}:{port}: {exc.strerror or exc} "
+            "(is another one running there? pick another with --port)"
+        ) from None
+    loop = threading.Thread(target=daemon.requestLoop, daemon=True)
+    loop.start()
+    print(f"URI = {uri}", flush=True)
+    print(f"READY nameserver {uri.host}:{uri.port}", flush=True)
+    try:
+        wait_for_signal()
+    finally:
+        daemon.shutdown()
+        loop.join(timeout=5)
+    return 0
+
+
+def _node(args: argparse.Namespace, settings: Settings) -> int:
+    from .node import serve_node
+
+    node = settings.node(args.name)
+    table = settings.table if node.table is None else node.table
+    if args.table is not None:
+        table = RoutingTable.parse(args.table)
+    allow = [*node.allow, *(check_module_name(m) for m in args.allow)]
+    return serve_node(
+        args.name,
+        table,
+        settings.ns,
+        host=args.host or node.host,
+        port=node.port if args.port is None else args.port,
+        allow=allow,
+        timeout=settings.timeout,
+        hop_limit=settings.hop_limit,
+    )
+
+
+def _literal(text: str) -> Any:
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return text
+
+
+def _call(args: argparse.Namespace, settings: Settings) -> int:
+    from .client import Client
+
+    func = args.func if "." in args.func else f"{TASKS_MODULE}.{args.func}"
+    with Client(settings.ns, via=args.via, timeout=settings.timeout) as client:
+        try:
+            result = client.route(args.bucket, func, [_literal(a) for a in args.args])
+        except PyroKVError:
+            raise
+        except Exception as exc:  # raised by the task on its node: report, no traceback
+            print(f"pyrokv: {type(exc).__name__}: {exc}", file=sys.stderr)
+            return 1
+    print(result if isinstance(result, str) else repr(result))
+    return 0
+
+
+def _status(args: argparse.Namespace, settings: Settings) -> int:
+    from .client import list_nodes, node_status
+
+    nodes = list_nodes(settings.ns, settings.timeout)
+    if not nodes:
+        host, port = settings.ns
+        print(f"no nodes registered in the name server at {host}:{port}")
+        return 0
+    rows = [("NODE", "ADDRESS", "STATE", "BUCKETS", "TABLE")]
+    for node, uri in nodes.items():
+        status = node_status(node, uri)
+        rows.append(
+            (
+                node,
+                status["address"],
+                "alive" if status["alive"] else "down",
+                str(status.get("buckets", "-")),
+                status.get("table", "-") or "(empty)",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[4])
+    return 0
+
+
+def _config(args: argparse.Namespace, settings: Settings) -> int:
+    print(settings.describe())
+    return 0
+
+
+COMMANDS = {
+    "nameserver": _nameserver,
+    "node": _node,
+    "call": _call,
+    "status": _status,
+    "config": _config,
+}

@@ -1,0 +1,210 @@
+"""Start and stop pyrokv processes: a name server and nodes, as children of this one.
+
+Used by the tests, and by ``pyrokv up`` and ``pyrokv demo``. Every child runs with
+this interpreter, unbuffered, binds port 0 unless told otherwise, and reports its
+real address on stdout (``READY ...``); every wait has a deadline and says what the
+child printed when it fails; :meth:`Child.stop` always leaves no process behind.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+
+from .errors import PyroKVError
+from .naming import parse_address
+
+__all__ = ["Child", "ChildError", "LocalCluster", "spawn_nameserver", "spawn_node"]
+
+START_TIMEOUT = 20.0
+
+
+class ChildError(PyroKVError):
+    """A child process failed to start or said something unexpected."""
+
+
+class Child:
+    """One ``python -m pyrokv ...`` child process whose output lines can be awaited."""
+
+    def __init__(self, args: Sequence[str], name: str) -> None:
+        self.name = name
+        self.args = [sys.executable, "-u", "-m", "pyrokv", *args]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PYROKV_")}
+        self.proc = subprocess.Popen(
+            self.args,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+            start_new_session=True,  # Ctrl-C in a terminal reaches only the parent
+        )
+        self.lines: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            line = line.rstrip("\n")
+            self.lines.append(line)
+            self._queue.put(line)
+        self._queue.put(None)
+
+    def wait_for(self, prefix: str, timeout: float = START_TIMEOUT) -> str:
+        """Wait for an output line starting with ``prefix``; return it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                line = self._queue.get(timeout=max(left, 0))
+            except queue.Empty:
+                raise ChildError(
+                    f"{self.name} did not print {prefix!r} within {timeout:.0f}s; "
+                    f"it printed: {self.output()}"
+                ) from None
+            if line is None:
+                self.proc.wait()
+                raise ChildError(
+                    f"{self.name} exited with code {self.proc.returncode} before "
+                    f"printing {prefix!r}; it printed: {self.output()}"
+                )
+            if line.startswith(prefix):
+                return line
+
+    def output(self) -> str:
+        """Everything the child printed so far, on one line."""
+        return " | ".join(self.lines) or "(nothing)"
+
+    def alive(self) -> bool:
+        """Whether the process is still running."""
+        return self.proc.poll() is None
+
+    def stop(self, timeout: float = 5.0) -> int:
+        """SIGTERM, wait up to ``timeout``, then SIGKILL; return the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._reader.join(timeout=timeout)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        """SIGKILL: the process dies without unregistering (a crash)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        self._reader.join(timeout=5)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+def spawn_nameserver(
+    host: str = "127.0.0.1", port: int = 0, timeout: float = START_TIMEOUT
+) -> tuple[Child, tuple[str, int]]:
+    """Start ``pyrokv nameserver``; return it and its real (host, port)."""
+    child = Child(
+        ["nameserver", "--config", os.devnull, "--host", host, "--port", str(port)],
+        "name server",
+    )
+    try:
+        line = child.wait_for("READY ", timeout)
+    except BaseException:
+        child.stop()
+        raise
+    return child, parse_address(line.split()[2])
+
+
+def spawn_node(
+    name: str,
+    ns: tuple[str, int],
+    table: str | None = None,
+    *,
+    extra: Sequence[str] = (),
+    config: str = os.devnull,
+    timeout: float = START_TIMEOUT,
+) -> Child:
+    """Start ``pyrokv node NAME`` and wait until it has registered."""
+    args = ["node", name, "--config", config, "--ns", f"{ns[0]}:{ns[1]}"]
+    if table is not None:
+        args += ["--table", table]
+    child = Child([*args, *extra], f"node {name}")
+    try:
+        child.wait_for(f"READY {name} ", timeout)
+    except BaseException:
+        child.stop()
+        raise
+    return child
+
+
+class LocalCluster:
+    """A name server and nodes on this machine, stopped together.
+
+    >>> with LocalCluster({"foo": "a..m=foo, n..z=bar", "bar": "a..m=foo, n..z=bar"}) as c:  # doctest: +SKIP
+    ...     c.ns
+    ('127.0.0.1', 40123)
+    """
+
+    def __init__(
+        self, nodes: dict[str, str | None], extra: dict[str, Sequence[str]] | None = None
+    ) -> None:
+        self.spec = nodes
+        self.extra = extra or {}
+        self.nameserver: Child | None = None
+        self.nodes: dict[str, Child] = {}
+        self.ns: tuple[str, int] = ("127.0.0.1", 0)
+
+    def start(self) -> LocalCluster:
+        """Start the name server, then every node (in parallel); stop all on failure."""
+        try:
+            self.nameserver, self.ns = spawn_nameserver()
+            errors: list[BaseException] = []
+
+            def one(name: str, table: str | None) -> None:
+                try:
+                    self.nodes[name] = spawn_node(
+                        name, self.ns, table, extra=self.extra.get(name, ())
+                    )
+                except BaseException as exc:
+                    errors.append(exc)
+
+            threads = [
+                threading.Thread(target=one, args=item) for item in self.spec.items()
+            ]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            if errors:
+                raise errors[0]
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        """Stop every node, then the name server."""
+        for child in list(self.nodes.values()):
+            child.stop()
+        self.nodes.clear()
+        if self.nameserver is not None:
+            self.nameserver.stop()
+            self.nameserver = None
+
+    def __enter__(self) -> LocalCluster:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

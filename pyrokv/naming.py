@@ -1,0 +1,64 @@
+"""Every name-server name and metadata string pyrokv uses, and the way to reach the name server."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from Pyro5.api import Proxy
+
+from .errors import ConfigError
+
+__all__ = [
+    "NODE_METADATA",
+    "NS_OBJECT",
+    "node_of",
+    "ns_proxy",
+    "parse_address",
+    "registry_name",
+    "tasks_name",
+]
+
+#: Metadata on both of a node's registrations: ``list(metadata_all={NODE_METADATA})``.
+NODE_METADATA = "pyrokv.node"
+#: The object id of Pyro5's own name server.
+NS_OBJECT = "Pyro.NameServer"
+_PREFIX = "pyrokv."
+
+
+def registry_name(node: str) -> str:
+    """``pyrokv.<node>.registry``: the node's Registry."""
+    return f"{_PREFIX}{node}.registry"
+
+
+def tasks_name(node: str) -> str:
+    """``pyrokv.<node>.tasks``: the node's TaskRunner."""
+    return f"{_PREFIX}{node}.tasks"
+
+
+def node_of(name: str) -> str | None:
+    """The node a ``pyrokv.<node>.tasks`` name belongs to, else None."""
+    if name.startswith(_PREFIX) and name.endswith(".tasks"):
+        return name[len(_PREFIX) : -len(".tasks")]
+    return None
+
+
+def parse_address(text: str, what: str = "address") -> tuple[str, int]:
+    """Read ``HOST:PORT`` (``[::1]:9090`` for IPv6) into (host, port)."""
+    host, sep, port = str(text).strip().rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(
+            f"invalid {what} {text!r}: expected HOST:PORT, for example 127.0.0.1:9090"
+        )
+    return host, int(port)
+
+
+def ns_proxy(host: str, port: int, timeout: float) -> Any:
+    """A proxy for Pyro5's name server at host:port, with a timeout; no broadcast."""
+    proxy = Proxy(f"PYRO:{NS_OBJECT}@{_uri_host(host)}:{port}")
+    proxy._pyroTimeout = timeout
+    return proxy
+
+
+def _uri_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host

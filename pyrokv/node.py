@@ -1,0 +1,213 @@
+"""A node: one Pyro5 daemon serving a Registry and a TaskRunner, registered by name.
+
+:func:`start_node` starts one in a background thread and returns a handle (tests
+use it to run several nodes in one process); :func:`serve_node` is what
+``pyrokv node NAME`` runs: start, print ``READY``, wait for SIGTERM or Ctrl-C,
+unregister, exit.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from collections.abc import Iterable
+from typing import Any
+
+import Pyro5.errors
+from Pyro5.api import Daemon, Proxy
+
+from . import naming
+from .errors import PyroKVError
+from .registry import Registry
+from .router import DEFAULT_HOP_LIMIT, DEFAULT_TIMEOUT, Router
+from .runner import DEFAULT_ALLOW, TaskRunner
+from .table import RoutingTable, check_node_name
+from .wire import setup_pyro
+
+__all__ = ["NodeHandle", "serve_node", "start_node", "wait_for_signal"]
+
+#: How often a node checks that the name server still holds its registration
+#: (a restarted name server is empty: the node registers again by itself).
+REREGISTER_INTERVAL = 2.0
+
+
+class NodeHandle:
+    """A running node: its registry, runner and router, and the daemon serving them."""
+
+    def __init__(
+        self,
+        name: str,
+        daemon: Any,
+        registry: Registry,
+        runner: TaskRunner,
+        router: Router,
+        ns: tuple[str, int],
+    ) -> None:
+        self.name = name
+        self.daemon = daemon
+        self.registry = registry
+        self.runner = runner
+        self.router = router
+        self.ns = ns
+        self.uri = daemon.uriFor(naming.tasks_name(name))
+        self.registry_uri = daemon.uriFor(naming.registry_name(name))
+        self._stopping = threading.Event()
+        self._loop = threading.Thread(
+            target=daemon.requestLoop, name=f"pyrokv-{name}-daemon", daemon=True
+        )
+        self._keeper = threading.Thread(
+            target=self._keep_registered, name=f"pyrokv-{name}-ns", daemon=True
+        )
+
+    def _start(self, replace: bool) -> None:
+        self._loop.start()
+        self._register(safe=not replace)
+        self._keeper.start()
+
+    def _register(self, safe: bool) -> None:
+        host, port = self.ns
+        with naming.ns_proxy(host, port, self.router.timeout) as ns:
+            metadata = {naming.NODE_METADATA}
+            ns.register(naming.tasks_name(self.name), self.uri, safe=safe, metadata=metadata)
+            ns.register(
+                naming.registry_name(self.name), self.registry_uri, metadata=metadata
+            )
+
+    def _keep_registered(self) -> None:
+        host, port = self.ns
+        while not self._stopping.wait(REREGISTER_INTERVAL):
+            try:
+                with naming.ns_proxy(host, port, self.router.timeout) as ns:
+                    current = ns.list(prefix=naming.tasks_name(self.name))
+                if naming.tasks_name(self.name) not in current:
+                    self._register(safe=False)
+            except Pyro5.errors.PyroError:
+                continue  # name server down: keep serving, try again later
+
+    def stop(self) -> None:
+        """Unregister (if the name server still points at us), stop serving, close."""
+        if self._stopping.is_set():
+            return
+        self._stopping.set()
+        host, port = self.ns
+        try:
+            with naming.ns_proxy(host, port, 2.0) as ns:
+                if ns.lookup(naming.tasks_name(self.name)) == self.uri:
+                    ns.remove(naming.tasks_name(self.name))
+                    ns.remove(naming.registry_name(self.name))
+        except Pyro5.errors.PyroError:
+            pass  # name server gone or the name already taken over: nothing to undo
+        self.daemon.shutdown()
+        self._loop.join(timeout=5)
+        if self._keeper.is_alive():
+            self._keeper.join(timeout=5)
+        self.router.close()
+
+    def __enter__(self) -> NodeHandle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def start_node(
+    name: str,
+    table: RoutingTable,
+    ns: tuple[str, int] = ("127.0.0.1", 9090),
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    allow: Iterable[str] = DEFAULT_ALLOW,
+    timeout: float = DEFAULT_TIMEOUT,
+    hop_limit: int = DEFAULT_HOP_LIMIT,
+) -> NodeHandle:
+    """Start node ``name`` in this process and register it; return its handle.
+
+    Refuses (with :class:`PyroKVError`) a name that a live node holds; replaces a
+    registration left behind by a dead one.
+    """
+    setup_pyro()
+    check_node_name(name)
+    stale = _refuse_if_live(name, ns, timeout)
+    try:
+        daemon = Daemon(host=host, port=port)
+    except OSError as exc:
+        raise PyroKVError(
+            f"node {name!r} cannot listen on {host}:{port}: {exc.strerror or exc}"
+            " (pick another --port, or 0 for any free port)"
+        ) from None
+    registry = Registry()
+    runner = TaskRunner(name, registry, allow)
+    router = Router(
+        table, name, local=runner.run, ns=ns, timeout=timeout, hop_limit=hop_limit
+    )
+    runner.router = router
+    daemon.register(registry, naming.registry_name(name))
+    daemon.register(runner, naming.tasks_name(name))
+    handle = NodeHandle(name, daemon, registry, runner, router, ns)
+    try:
+        handle._start(replace=stale)
+    except Pyro5.errors.NamingError:
+        handle.stop()
+        raise _taken(name, "another node registered it just now") from None
+    except Pyro5.errors.CommunicationError as exc:
+        handle.stop()
+        raise PyroKVError(
+            f"node {name!r} cannot reach the name server at {ns[0]}:{ns[1]}: {exc} "
+            "(start one with 'pyrokv nameserver', or point --ns at it)"
+        ) from None
+    return handle
+
+
+def _refuse_if_live(name: str, ns: tuple[str, int], timeout: float) -> bool:
+    """Raise if a live node holds ``name``; return True if a dead node's entry does."""
+    host, port = ns
+    try:
+        with naming.ns_proxy(host, port, timeout) as proxy:
+            uri = proxy.lookup(naming.tasks_name(name))
+    except Pyro5.errors.NamingError:
+        return False  # not registered
+    except Pyro5.errors.CommunicationError as exc:
+        raise PyroKVError(
+            f"node {name!r} cannot reach the name server at {host}:{port}: {exc} "
+            "(start one with 'pyrokv nameserver', or point --ns at it)"
+        ) from None
+    try:
+        with Proxy(uri) as other:
+            other._pyroTimeout = min(timeout, 2.0)
+            other._pyroBind()
+    except Pyro5.errors.CommunicationError:
+        return True  # a dead node's registration: ours replaces it
+    raise _taken(name, f"a live node answers at {uri.location}")
+
+
+def _taken(name: str, why: str) -> PyroKVError:
+    return PyroKVError(
+        f"node name {name!r} is taken: {why}; stop that node or pick another name"
+    )
+
+
+def wait_for_signal() -> None:
+    """Block until SIGTERM or SIGINT (Ctrl-C) arrives."""
+    stop = threading.Event()
+
+    def handler(_signum: int, _frame: object) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        while not stop.wait(1.0):
+            pass
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def serve_node(name: str, table: RoutingTable, ns: tuple[str, int], **options: Any) -> int:
+    """Run node ``name`` until SIGTERM or Ctrl-C (``pyrokv node``); return the exit code."""
+    with start_node(name, table, ns, **options) as handle:
+        print(f"READY {name} {handle.uri}", flush=True)
+        wait_for_signal()
+    print(f"STOPPED {name}", file=sys.stderr, flush=True)
+    return 0

@@ -1,0 +1,167 @@
+"""TaskRunner: runs allowlisted task functions on this node; the security boundary.
+
+A task arrives as a dotted name (``pyrokv.tasks.get``), never as code. The name is
+checked against the node's allowlist of modules *before anything is imported*, and
+the object it resolves to must be a plain function defined in that very module, so
+``pyrokv.tasks.os.system`` or ``builtins.eval`` never run. A plain object
+(``@expose`` is only a marker), tested without a network.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import re
+import types
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from Pyro5.api import expose
+
+from . import tasks
+from .errors import TaskArgumentError, TaskNotAllowedError
+
+if TYPE_CHECKING:
+    from .registry import Registry
+    from .router import Router
+
+__all__ = ["DEFAULT_ALLOW", "TaskRunner", "check_module_name"]
+
+DEFAULT_ALLOW: tuple[str, ...] = ("pyrokv.tasks",)
+
+_DOTTED = re.compile(r"[A-Za-z][A-Za-z0-9_]*(?:\.[A-Za-z][A-Za-z0-9_]*)*")
+
+
+def check_module_name(module: str) -> str:
+    """Return ``module`` if it is a dotted module name with no private parts."""
+    if not isinstance(module, str) or not _DOTTED.fullmatch(module):
+        raise TaskNotAllowedError(
+            f"invalid module name {module!r} for the allowlist: use a dotted name "
+            "such as mypackage.tasks, with no part starting with '_'"
+        )
+    return module
+
+
+@expose
+class TaskRunner:
+    """Runs tasks on one node, within its allowlist; the Pyro object ``pyrokv.<node>.tasks``.
+
+    ``run`` executes a task here. ``route`` is the remote half of
+    :meth:`pyrokv.Router.route`: a request forwarded by another node, routed again by
+    this node's own table. ``info`` describes the node for ``pyrokv status``.
+    """
+
+    def __init__(
+        self,
+        node: str,
+        registry: Registry,
+        allow: Iterable[str] = DEFAULT_ALLOW,
+    ) -> None:
+        self._context = tasks.TaskContext(node, registry)
+        self._allow = frozenset(check_module_name(m) for m in allow)
+        self._resolved: dict[str, Callable[..., Any]] = {}
+        self.router: Router | None = None
+
+    @property
+    def node(self) -> str:
+        """This node's name."""
+        return self._context.node
+
+    @property
+    def allow(self) -> list[str]:
+        """The modules whose functions this node runs, sorted."""
+        return sorted(self._allow)
+
+    def run(
+        self,
+        func: str,
+        args: Sequence[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
+        """Run the allowlisted function ``func`` here with ``args`` and ``kwargs``.
+
+        Raises :class:`TaskNotAllowedError` (and runs nothing) when ``func`` is outside
+        the allowlist, :class:`TaskArgumentError` when the arguments do not fit.
+        """
+        function = self._resolved.get(func) if isinstance(func, str) else None
+        if function is None:
+            function = self._resolve(func)
+        token = tasks._current.set(self._context)
+        try:
+            return function(*args, **(kwargs or {}))
+        except TypeError as exc:
+            _check_arguments(func, function, args, kwargs, exc)
+            raise
+        finally:
+            tasks._current.reset(token)
+
+    def route(
+        self,
+        bucket: str,
+        func: str,
+        args: Sequence[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        path: Sequence[str] = (),
+        budget: float | None = None,
+    ) -> Any:
+        """Route a task that another node (or a client) forwarded to this node.
+
+        ``path`` names the nodes the request has visited; ``budget`` is the time left,
+        in seconds, for the whole route.
+        """
+        if self.router is None:
+            raise TaskNotAllowedError(f"node {self.node!r} has no router to route with")
+        return self.router.forwarded(bucket, func, args, kwargs, list(path), budget)
+
+    def info(self) -> dict[str, Any]:
+        """This node's name, routing table (text form), bucket count and allowlist."""
+        router = self.router
+        return {
+            "node": self.node,
+            "table": router.table.spec() if router is not None else "",
+            "buckets": self._context.registry.count(),
+            "allow": self.allow,
+        }
+
+    def _resolve(self, func: object) -> Callable[..., Any]:
+        if not isinstance(func, str) or not _DOTTED.fullmatch(func) or "." not in func:
+            raise TaskNotAllowedError(
+                f"task {func!r} is not allowed: name a function as module.function, "
+                "with no part starting with '_'"
+            )
+        module_name, _, name = func.rpartition(".")
+        if module_name not in self._allow:
+            raise TaskNotAllowedError(
+                f"task {func!r} is not allowed on node {self.node!r}: module "
+                f"{module_name!r} is not in its allowlist {self.allow} "
+                "(start the node with --allow MODULE to add one)"
+            )
+        module = importlib.import_module(module_name)
+        function = getattr(module, name, None)
+        if not (
+            isinstance(function, types.FunctionType)
+            and function.__module__ == module_name
+            and function.__qualname__ == name
+        ):
+            raise TaskNotAllowedError(
+                f"task {func!r} is not allowed: {module_name} has no function "
+                f"{name!r} of its own"
+            )
+        self._resolved[func] = function
+        return function
+
+
+def _check_arguments(
+    name: str,
+    function: Callable[..., Any],
+    args: Sequence[Any],
+    kwargs: dict[str, Any] | None,
+    exc: TypeError,
+) -> None:
+    """Turn a TypeError caused by the call's arguments into TaskArgumentError."""
+    try:
+        inspect.signature(function).bind(*args, **(kwargs or {}))
+    except TypeError as bad:
+        raise TaskArgumentError(
+            f"wrong arguments for task {name}{inspect.signature(function)}: {bad}"
+        ) from exc

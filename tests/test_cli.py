@@ -1,0 +1,123 @@
+"""The pyrokv command line, in-process through main(argv) and as real processes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from pyrokv.cli import main
+from pyrokv.cluster import spawn_nameserver
+
+
+def run(*argv: str) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m pyrokv`` as a user would, with no config file around."""
+    return subprocess.run(
+        [sys.executable, "-m", "pyrokv", *argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd="/",
+    )
+
+
+def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+    """pyrokv --help names each command with a line of help."""
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    for command in ("nameserver", "node", "call", "status", "config"):
+        assert f"    {command}" in out
+
+
+def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    """A missing argument or a bad option is a usage error (exit 2), no traceback."""
+    for argv in (["call"], ["node"], ["frobnicate"], ["call", "b", "f", "--timeout", "x"]):
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        assert info.value.code == 2
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_bad_ns_and_timeout_values_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    """--ns without a port, or a non-positive timeout, is refused with the reason."""
+    assert main(["status", "--ns", "localhost"]) == 2
+    assert "invalid --ns 'localhost': expected HOST:PORT" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        main(["call", "b", "f", "--timeout", "-1"])
+    assert info.value.code == 2
+
+
+def test_no_name_server_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
+    """call/status with no name server: exit 1 and a message naming the address."""
+    assert main(["call", "hello", "node_name", "--ns", "127.0.0.1:1"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("pyrokv: NodeUnavailableError: cannot reach the name server at 127.0.0.1:1")
+    assert main(["status", "--ns", "127.0.0.1:1"]) == 1
+
+
+@pytest.mark.distributed
+def test_call_prints_results_and_errors(guide: tuple[str, int], unique: str) -> None:
+    """pyrokv call routes through the nodes: results on stdout, errors on stderr, exit codes."""
+    ns = f"{guide[0]}:{guide[1]}"
+    assert run("call", "hello", "pyrokv.tasks.node_name", "--ns", ns).stdout == "foo\n"
+    done = run("call", "world", "node_name", "--via", "foo", "--ns", ns)
+    assert (done.returncode, done.stdout) == (0, "bar\n")
+    bucket = f"s{unique}"
+    assert run("call", bucket, "create", bucket, "--ns", ns).returncode == 0
+    assert run("call", bucket, "put", bucket, "milk", "[1, 'two']", "--ns", ns).returncode == 0
+    assert run("call", bucket, "put", bucket, "eggs", "not a literal", "--ns", ns).returncode == 0
+    assert run("call", bucket, "get", bucket, "milk", "--ns", ns, "--via", "foo").stdout == "[1, 'two']\n"
+    assert run("call", bucket, "get", bucket, "eggs", "--ns", ns).stdout == "not a literal\n"
+    failed = run("call", "1abc", "node_name", "--ns", ns)
+    assert failed.returncode == 1
+    assert failed.stderr == (
+        "pyrokv: NoRouteError: could not find entry for '1abc' in table "
+        "[a..m -> foo, n..z -> bar]\n"
+    )
+    refused = run("call", "x", "os.system", "touch /tmp/pwned", "--ns", ns)
+    assert refused.returncode == 1
+    assert refused.stderr.startswith("pyrokv: TaskNotAllowedError:")
+    missing = run("call", "a", "get", "a-nosuch", "k", "--ns", ns, "--via", "nosuch")
+    assert missing.returncode == 1
+    assert "node 'nosuch' is not registered" in missing.stderr
+    for done in (failed, refused, missing):
+        assert "Traceback" not in done.stderr
+
+
+@pytest.mark.distributed
+def test_status_lists_nodes(guide: tuple[str, int]) -> None:
+    """pyrokv status shows each node, its address, liveness and table."""
+    done = run("status", "--ns", f"{guide[0]}:{guide[1]}")
+    assert done.returncode == 0
+    lines = done.stdout.splitlines()
+    assert lines[0].split() == ["NODE", "ADDRESS", "STATE", "BUCKETS", "TABLE"]
+    rows = {line.split()[0]: line for line in lines[1:]}
+    assert "alive" in rows["foo"] and "a..m=foo, n..z=bar" in rows["foo"]
+    assert "alive" in rows["bar"]
+
+
+@pytest.mark.distributed
+def test_nameserver_refuses_a_port_in_use() -> None:
+    """A second name server on a taken port exits 1 with a clear message."""
+    child, (host, port) = spawn_nameserver()
+    try:
+        done = run("nameserver", "--host", host, "--port", str(port))
+        assert done.returncode == 1
+        assert f"cannot start the name server on {host}:{port}" in done.stderr
+        assert "Traceback" not in done.stderr
+    finally:
+        assert child.stop() == 0
+
+
+@pytest.mark.distributed
+def test_node_without_a_name_server_exits_1() -> None:
+    """A node whose name server is not there says so and exits 1."""
+    done = run("node", "foo", "--ns", "127.0.0.1:1")
+    assert done.returncode == 1
+    assert "cannot reach the name server at 127.0.0.1:1" in done.stderr
+    bad = run("node", "foo", "--table", "a..m=", "--ns", "127.0.0.1:1")
+    assert bad.returncode == 1
+    assert "InvalidTableError" in bad.stderr

@@ -1,0 +1,82 @@
+"""Settings: defaults, nameserver.conf, PYROKV_* variables and flags, in that order."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pyrokv import ConfigError, RoutingTable
+from pyrokv.cli import main
+from pyrokv.config import load_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_shipped_config_is_valid_and_is_the_guide() -> None:
+    """The repository's nameserver.conf loads: 127.0.0.1:9090, foo and bar on 4040/4041."""
+    settings = load_settings(ROOT / "nameserver.conf", {})
+    assert settings.ns == ("127.0.0.1", 9090)
+    assert settings.table == RoutingTable.parse("a..m=foo, n..z=bar")
+    assert [n.name for n in settings.nodes] == ["foo", "bar"]
+    assert settings.node("foo").listen == ("127.0.0.1", 4040)
+    assert settings.node("bar").listen == ("127.0.0.1", 4041)
+
+
+def test_precedence_env_over_file_over_default(tmp_path: Path) -> None:
+    """The environment overrides the file, which overrides the built-in default."""
+    conf = tmp_path / "c.conf"
+    conf.write_text("[nameserver]\nport = 7000\n[cluster]\ntimeout = 2\n")
+    assert load_settings(None, {}).ns_port == 9090 or Path("nameserver.conf").exists()
+    assert load_settings(conf, {}).ns == ("127.0.0.1", 7000)
+    env = load_settings(conf, {"PYROKV_NS": "10.0.0.1:7001", "PYROKV_TIMEOUT": "3"})
+    assert (env.ns, env.timeout) == (("10.0.0.1", 7001), 3.0)
+    assert load_settings(None, {"PYROKV_CONFIG": str(conf)}).ns_port == 7000
+
+
+def test_flag_beats_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """--ns on the command line wins over PYROKV_NS and the file."""
+    conf = tmp_path / "c.conf"
+    conf.write_text("[nameserver]\nport = 7000\n")
+    monkeypatch.setenv("PYROKV_NS", "127.0.0.1:7001")
+    assert main(["config", "--config", str(conf)]) == 0
+    assert "port = 7001" in capsys.readouterr().out
+    assert main(["call", "b", "f", "--config", str(conf), "--ns", "127.0.0.1:1", "--timeout", "1"]) == 1
+    assert "127.0.0.1:1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[nameserver]\nport = abc\n", r"bad value for port in \[nameserver\] of .*c.conf"),
+        ("[nameserver]\nport = 70000\n", r"port 70000 is outside"),
+        ("[nameserver]\nprot = 1\n", r"unknown key 'prot' in \[nameserver\]"),
+        ("[cluster]\ntable = a..m=foo, k..z=bar\n", r"bad value for table in \[cluster\].*overlaps"),
+        ("[cluster]\ntimeout = -1\n", r"bad value for timeout"),
+        ("[node a.b]\n", r"invalid node name 'a.b'"),
+        ("[node x]\nlisten = nowhere\n", r"bad value for listen in \[node x\]"),
+        ("[node x]\nallow = _evil\n", r"bad value for allow"),
+        ("[clutser]\n", r"unknown section \[clutser\]"),
+        ("no section\n", r"cannot read config file"),
+    ],
+)
+def test_bad_values_name_the_key_and_file(tmp_path: Path, text: str, message: str) -> None:
+    """A bad file raises ConfigError naming the key and the file."""
+    conf = tmp_path / "c.conf"
+    conf.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_settings(conf, {})
+
+
+def test_bad_environment_is_named() -> None:
+    """A bad or unknown PYROKV_* variable is named."""
+    with pytest.raises(ConfigError, match="bad value for PYROKV_NS"):
+        load_settings(None, {"PYROKV_NS": "nope"})
+    with pytest.raises(ConfigError, match="unknown environment variable PYROKV_NSS"):
+        load_settings(None, {"PYROKV_NSS": "x"})
+
+
+def test_missing_config_file_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    """--config naming a missing file is a configuration error, exit 2."""
+    assert main(["config", "--config", "/nonexistent.conf"]) == 2
+    assert "config file /nonexistent.conf does not exist" in capsys.readouterr().err
