@@ -15,9 +15,11 @@ from typing import Any
 
 from . import __version__
 from .config import Settings, load_settings
-from .errors import PyroKVError
+from .errors import ConfigError, PyroKVError
 from .naming import parse_address
+from .protocol import DEFAULT_MAX_LINE
 from .runner import DEFAULT_ALLOW, check_module_name
+from .server import DEFAULT_IDLE_TIMEOUT
 from .table import RoutingTable
 
 __all__ = ["main"]
@@ -87,6 +89,24 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         help=f"also run tasks from MODULE (repeatable; {', '.join(DEFAULT_ALLOW)} always)",
     )
+    p.add_argument(
+        "--listen",
+        metavar="HOST:PORT",
+        help="also serve the text protocol here (default: off; port 0 = any free port)",
+    )
+    p.add_argument(
+        "--max-line",
+        type=int,
+        metavar="BYTES",
+        help=f"longest request line of the text protocol (default {DEFAULT_MAX_LINE})",
+    )
+    p.add_argument(
+        "--idle-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="close text connections idle this long "
+        f"(default {DEFAULT_IDLE_TIMEOUT:g})",
+    )
 
     p = commands.add_parser(
         "call",
@@ -102,6 +122,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--via", metavar="NODE", help="node whose router starts the route (default: any live node)")
     _common(p)
     _timeout(p)
+
+    p = commands.add_parser(
+        "up",
+        help="start the name server and every configured node; Ctrl-C stops all",
+        description="Start Pyro5's name server and one node per [node NAME] section of "
+        "the config (default: foo a..m on text port 4040, bar n..z on 4041), print "
+        "where each runs, and keep them running until SIGTERM or Ctrl-C.",
+    )
+    _common(p, ns=False)
+
+    p = commands.add_parser(
+        "demo",
+        help="run the guide's scenario on a throw-away local cluster",
+        description="Start a name server and nodes foo (a..m) and bar (n..z) on free "
+        "ports, run create/put/get/delete through the text protocol on a local and a "
+        "routed bucket, route hello and world, show a bucket with no entry, stop "
+        "everything.",
+    )
+    _common(p, ns=False)
 
     p = commands.add_parser(
         "status",
@@ -177,6 +216,11 @@ def _node(args: argparse.Namespace, settings: Settings) -> int:
     if args.table is not None:
         table = RoutingTable.parse(args.table)
     allow = [*node.allow, *(check_module_name(m) for m in args.allow)]
+    listen = None if args.listen is None else parse_address(args.listen, "--listen")
+    max_line = node.max_line if args.max_line is None else args.max_line
+    idle = node.idle_timeout if args.idle_timeout is None else args.idle_timeout
+    if max_line < 1 or not idle > 0:
+        raise ConfigError("--max-line and --idle-timeout must be positive")
     return serve_node(
         args.name,
         table,
@@ -186,6 +230,9 @@ def _node(args: argparse.Namespace, settings: Settings) -> int:
         allow=allow,
         timeout=settings.timeout,
         hop_limit=settings.hop_limit,
+        listen=listen,
+        max_line=max_line,
+        idle_timeout=idle,
     )
 
 
@@ -238,6 +285,18 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _up(args: argparse.Namespace, settings: Settings) -> int:
+    from .launch import run_up
+
+    return run_up(settings)
+
+
+def _demo(args: argparse.Namespace, settings: Settings) -> int:
+    from .launch import run_demo
+
+    return run_demo()
+
+
 def _config(args: argparse.Namespace, settings: Settings) -> int:
     print(settings.describe())
     return 0
@@ -247,6 +306,8 @@ COMMANDS = {
     "nameserver": _nameserver,
     "node": _node,
     "call": _call,
+    "up": _up,
+    "demo": _demo,
     "status": _status,
     "config": _config,
 }

@@ -26,7 +26,12 @@ START_TIMEOUT = 20.0
 
 
 class ChildError(PyroKVError):
-    """A child process failed to start or said something unexpected."""
+    """A child process failed to start or said something unexpected.
+
+    ``child`` is the :class:`Child` (None once rebuilt from the wire).
+    """
+
+    child: Child | None = None
 
 
 class Child:
@@ -66,18 +71,23 @@ class Child:
             try:
                 line = self._queue.get(timeout=max(left, 0))
             except queue.Empty:
-                raise ChildError(
+                raise self._error(
                     f"{self.name} did not print {prefix!r} within {timeout:.0f}s; "
                     f"it printed: {self.output()}"
                 ) from None
             if line is None:
                 self.proc.wait()
-                raise ChildError(
+                raise self._error(
                     f"{self.name} exited with code {self.proc.returncode} before "
                     f"printing {prefix!r}; it printed: {self.output()}"
                 )
             if line.startswith(prefix):
                 return line
+
+    def _error(self, message: str) -> ChildError:
+        error = ChildError(message)
+        error.child = self
+        return error
 
     def output(self) -> str:
         """Everything the child printed so far, on one line."""

@@ -17,7 +17,9 @@ from typing import Any
 from .errors import ConfigError, PyroKVError
 from .naming import parse_address
 from .router import DEFAULT_HOP_LIMIT, DEFAULT_TIMEOUT
+from .protocol import DEFAULT_MAX_LINE
 from .runner import DEFAULT_ALLOW, check_module_name
+from .server import DEFAULT_IDLE_TIMEOUT
 from .table import RoutingTable, check_node_name
 
 __all__ = ["DEFAULT_CONFIG", "NodeSettings", "Settings", "load_settings"]
@@ -36,7 +38,12 @@ _ENV = {
 
 @dataclasses.dataclass(frozen=True)
 class NodeSettings:
-    """How ``pyrokv up`` starts one node (a ``[node NAME]`` section)."""
+    """One ``[node NAME]`` section: how ``pyrokv up`` starts that node.
+
+    ``pyrokv node NAME`` reads host, port, table, allow, max_line and idle_timeout
+    from it too; ``listen`` only from its own flag, so a node started by hand
+    serves the text protocol only when asked to.
+    """
 
     name: str
     host: str = "127.0.0.1"
@@ -44,6 +51,8 @@ class NodeSettings:
     listen: tuple[str, int] | None = None
     table: RoutingTable | None = None
     allow: tuple[str, ...] = DEFAULT_ALLOW
+    max_line: int = DEFAULT_MAX_LINE
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,7 +66,10 @@ class Settings:
     )
     timeout: float = DEFAULT_TIMEOUT
     hop_limit: int = DEFAULT_HOP_LIMIT
-    nodes: tuple[NodeSettings, ...] = ()
+    nodes: tuple[NodeSettings, ...] = (
+        NodeSettings("foo", listen=("127.0.0.1", 4040)),
+        NodeSettings("bar", listen=("127.0.0.1", 4041)),
+    )
     source: str = "built-in defaults"
 
     @property
@@ -96,6 +108,8 @@ class Settings:
             if node.table is not None:
                 lines.append(f"table = {node.table.spec()}")
             lines.append(f"allow = {', '.join(node.allow)}")
+            lines.append(f"max_line = {node.max_line}")
+            lines.append(f"idle_timeout = {node.idle_timeout:g}")
         return "\n".join(lines)
 
 
@@ -169,14 +183,20 @@ def _read_file(path: Path, settings: Settings) -> Settings:
                 f"unknown section [{section}] in {where}: use [nameserver], [cluster] "
                 "or [node NAME]"
             )
-    changes["nodes"] = tuple(nodes)
+    if nodes:  # a file without [node NAME] sections keeps the default nodes
+        changes["nodes"] = tuple(nodes)
     return settings.replace(**changes)
 
 
 def _node(section: str, items: dict[str, str], where: str) -> NodeSettings:
     at = f"[{section}] of {where}"
     name = _value("section name", at, section[len("node") :].strip(), check_node_name)
-    _known(items, {"host", "port", "listen", "table", "allow"}, section, where)
+    _known(
+        items,
+        {"host", "port", "listen", "table", "allow", "max_line", "idle_timeout"},
+        section,
+        where,
+    )
     fields: dict[str, Any] = {"name": name}
     if "host" in items:
         fields["host"] = _value("host", at, items["host"], _host)
@@ -186,6 +206,10 @@ def _node(section: str, items: dict[str, str], where: str) -> NodeSettings:
         fields["listen"] = _value("listen", at, items["listen"], _address)
     if items.get("table", "").strip():
         fields["table"] = _value("table", at, items["table"], RoutingTable.parse)
+    if "max_line" in items:
+        fields["max_line"] = _value("max_line", at, items["max_line"], _positive)
+    if "idle_timeout" in items:
+        fields["idle_timeout"] = _value("idle_timeout", at, items["idle_timeout"], _seconds)
     if "allow" in items:
         modules = [m.strip() for m in items["allow"].split(",") if m.strip()]
         fields["allow"] = tuple(

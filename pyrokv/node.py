@@ -21,7 +21,9 @@ from . import naming
 from .errors import PyroKVError
 from .registry import Registry
 from .router import DEFAULT_HOP_LIMIT, DEFAULT_TIMEOUT, Router
+from .protocol import DEFAULT_MAX_LINE
 from .runner import DEFAULT_ALLOW, TaskRunner
+from .server import DEFAULT_IDLE_TIMEOUT, TextServer
 from .table import RoutingTable, check_node_name
 from .wire import setup_pyro
 
@@ -50,6 +52,7 @@ class NodeHandle:
         self.runner = runner
         self.router = router
         self.ns = ns
+        self.text: TextServer | None = None
         self.uri = daemon.uriFor(naming.tasks_name(name))
         self.registry_uri = daemon.uriFor(naming.registry_name(name))
         self._stopping = threading.Event()
@@ -90,6 +93,8 @@ class NodeHandle:
         if self._stopping.is_set():
             return
         self._stopping.set()
+        if self.text is not None:
+            self.text.stop()
         host, port = self.ns
         try:
             with naming.ns_proxy(host, port, 2.0) as ns:
@@ -121,9 +126,14 @@ def start_node(
     allow: Iterable[str] = DEFAULT_ALLOW,
     timeout: float = DEFAULT_TIMEOUT,
     hop_limit: int = DEFAULT_HOP_LIMIT,
+    listen: tuple[str, int] | None = None,
+    max_line: int = DEFAULT_MAX_LINE,
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
 ) -> NodeHandle:
     """Start node ``name`` in this process and register it; return its handle.
 
+    With ``listen`` (host, port) the node also serves the text protocol there
+    (``handle.text.address`` is the real address when port is 0).
     Refuses (with :class:`PyroKVError`) a name that a live node holds; replaces a
     registration left behind by a dead one.
     """
@@ -146,6 +156,18 @@ def start_node(
     daemon.register(registry, naming.registry_name(name))
     daemon.register(runner, naming.tasks_name(name))
     handle = NodeHandle(name, daemon, registry, runner, router, ns)
+    if listen is not None:
+        try:
+            handle.text = TextServer(
+                router, *listen, max_line=max_line, idle_timeout=idle_timeout
+            )
+        except OSError as exc:
+            daemon.close()
+            raise PyroKVError(
+                f"node {name!r} cannot serve the text protocol on "
+                f"{listen[0]}:{listen[1]}: {exc.strerror or exc} (is another node "
+                "using that port? pick another with --listen)"
+            ) from None
     try:
         handle._start(replace=stale)
     except Pyro5.errors.NamingError:
@@ -207,6 +229,9 @@ def wait_for_signal() -> None:
 def serve_node(name: str, table: RoutingTable, ns: tuple[str, int], **options: Any) -> int:
     """Run node ``name`` until SIGTERM or Ctrl-C (``pyrokv node``); return the exit code."""
     with start_node(name, table, ns, **options) as handle:
+        if handle.text is not None:
+            host, port = handle.text.address
+            print(f"LISTEN {name} {host}:{port}", flush=True)
         print(f"READY {name} {handle.uri}", flush=True)
         wait_for_signal()
     print(f"STOPPED {name}", file=sys.stderr, flush=True)

@@ -255,6 +255,12 @@ class Router:
         proxy._pyroTimeout = max(deadline - time.monotonic(), 0.001)
         try:
             proxy._pyroBind()
+        except Pyro5.errors.TimeoutError as exc:
+            self._forget(owner)
+            raise NodeUnavailableError(
+                f"node {owner!r} at {known[0].location} did not answer within "
+                f"{proxy._pyroTimeout:.1f}s"
+            ) from exc
         except Pyro5.errors.CommunicationError as exc:
             self._forget(owner)
             if fresh:

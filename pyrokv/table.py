@@ -216,7 +216,7 @@ class RoutingTable:
                 raise _empty_bucket()
             first = ord(bucket[0])
             if first > 0x7F:
-                first = bucket[0].encode("utf-8", "surrogatepass")[0]
+                first = _first_byte(bucket[0])
         elif isinstance(bucket, (bytes, bytearray)):
             if not bucket:
                 raise _empty_bucket()
@@ -253,6 +253,15 @@ class RoutingTable:
         if hasattr(self, "_slots"):
             raise AttributeError("RoutingTable is immutable; build a new one")
         object.__setattr__(self, name, value)
+
+
+def _first_byte(char: str) -> int:
+    # surrogateescape first: the text protocol decodes bytes that are not UTF-8
+    # that way, and such a name must route by the byte the client sent.
+    try:
+        return char.encode("utf-8", "surrogateescape")[0]
+    except UnicodeEncodeError:
+        return char.encode("utf-8", "surrogatepass")[0]
 
 
 def _empty_bucket() -> NoRouteError:

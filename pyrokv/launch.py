@@ -1,0 +1,203 @@
+"""``pyrokv up`` (a local cluster from the config) and ``pyrokv demo`` (the guide's scenario)."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import sys
+import threading
+import time
+from typing import TextIO
+
+from .client import Client
+from .cluster import Child, ChildError, LocalCluster, spawn_nameserver, spawn_node
+from .config import NodeSettings, Settings
+from .errors import PyroKVError
+from .naming import parse_address
+from .table import RoutingTable
+
+__all__ = ["run_demo", "run_up"]
+
+
+def _node_args(node: NodeSettings, settings: Settings) -> list[str]:
+    table = settings.table if node.table is None else node.table
+    args = [
+        "--host", node.host,
+        "--port", str(node.port),
+        "--table", table.spec(),
+        "--timeout", f"{settings.timeout:g}",
+        "--max-line", str(node.max_line),
+        "--idle-timeout", f"{node.idle_timeout:g}",
+    ]
+    for module in node.allow:
+        args += ["--allow", module]
+    if node.listen is not None:
+        args += ["--listen", f"{node.listen[0]}:{node.listen[1]}"]
+    return args
+
+
+def _listen_address(child: Child, name: str) -> str | None:
+    for line in child.lines:
+        if line.startswith(f"LISTEN {name} "):
+            return line.split()[2]
+    return None
+
+
+def _child_failure(child: Child | None) -> str:
+    """The child's own error line, if it printed one, else everything it printed."""
+    if child is None:
+        return "(no output)"
+    for line in reversed(child.lines):
+        if line.startswith("pyrokv: "):
+            return line.split(": ", 2)[-1]  # drop "pyrokv: ClassName: "
+    return child.output()
+
+
+def run_up(settings: Settings, out: TextIO = sys.stdout) -> int:
+    """Start the name server and every configured node; stop them all on a signal."""
+    if not settings.nodes:
+        raise PyroKVError(f"no [node NAME] sections in {settings.source}: nothing to start")
+    stop = threading.Event()
+
+    def handler(_signum: int, _frame: object) -> None:
+        stop.set()
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    children: list[Child] = []
+    try:
+        try:
+            ns_child, ns = spawn_nameserver(settings.ns_host, settings.ns_port)
+        except ChildError as exc:
+            raise PyroKVError(
+                f"the name server did not start: {_child_failure(exc.child)}"
+            ) from None
+        children.append(ns_child)
+        rows = []
+        for node in settings.nodes:
+            try:
+                child = spawn_node(node.name, ns, extra=_node_args(node, settings))
+            except ChildError as exc:
+                raise PyroKVError(
+                    f"node {node.name!r} did not start: {_child_failure(exc.child)}"
+                ) from None
+            children.append(child)
+            table = settings.table if node.table is None else node.table
+            rows.append((node.name, table, _listen_address(child, node.name), child))
+        _print_up(out, settings, ns, rows)
+        while not stop.wait(0.5):
+            for child in children:
+                if not child.alive():
+                    raise PyroKVError(
+                        f"{child.name} stopped unexpectedly: {_child_failure(child)}; "
+                        "stopping the cluster"
+                    )
+        print("stopping the cluster ...", file=out, flush=True)
+        return 0
+    finally:
+        for child in reversed(children):
+            child.stop()
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _print_up(
+    out: TextIO,
+    settings: Settings,
+    ns: tuple[str, int],
+    rows: list[tuple[str, object, str | None, Child]],
+) -> None:
+    print(f"pyrokv cluster is up (settings: {settings.source})", file=out)
+    print(f"  name server   {ns[0]}:{ns[1]}", file=out)
+    for name, table, listen, _child in rows:
+        text = f"text protocol on {listen}" if listen else "no text protocol"
+        print(f"  node {name:<8} {text}; table {table}", file=out)
+    print("\nTalk to it:", file=out)
+    first = next((listen for _, _, listen, _ in rows if listen), None)
+    if first:
+        host, port = parse_address(first)
+        print(f"  nc {host} {port}          then type: CREATE shopping", file=out)
+        print("                                     PUT shopping milk 1", file=out)
+        print("                                     GET shopping milk", file=out)
+    config = "" if settings.source == "built-in defaults" else f" --config {settings.source}"
+    print(f"  pyrokv call hello node_name --ns {ns[0]}:{ns[1]}{config}", file=out)
+    print(f"  pyrokv status --ns {ns[0]}:{ns[1]}", file=out)
+    print("\nCtrl-C stops every process.", file=out, flush=True)
+
+
+# -- demo ---------------------------------------------------------------------
+
+DEMO_TABLE = "a..m=foo, n..z=bar"
+
+
+class _Line:
+    """A text-protocol connection for the demo: send a line, read one reply."""
+
+    def __init__(self, address: str) -> None:
+        host, port = parse_address(address)
+        self.sock = socket.create_connection((host, port), timeout=10)
+        self.file = self.sock.makefile("rb")
+
+    def ask(self, request: str) -> str:
+        self.sock.sendall(request.encode() + b"\r\n")
+        first = self.file.readline().decode().rstrip("\r\n")
+        if request.startswith("GET ") and not first.startswith(("ERROR", "NOT FOUND")):
+            self.file.readline()  # the OK after the value
+            return f"{first!r} OK" if first else "'' OK  (missing key: empty value)"
+        return first
+
+    def close(self) -> None:
+        self.file.close()
+        self.sock.close()
+
+
+def run_demo(out: TextIO = sys.stdout) -> int:
+    """Run the guide's scenario on a fresh local cluster; stop it; return 0."""
+    started = time.monotonic()
+    listen = ["--listen", "127.0.0.1:0"]
+    print("starting a name server and nodes foo (a..m) and bar (n..z) on free ports ...", file=out, flush=True)
+    with LocalCluster({"foo": DEMO_TABLE, "bar": DEMO_TABLE}, {"foo": listen, "bar": listen}) as cluster:
+        ports = {name: _listen_address(child, name) for name, child in cluster.nodes.items()}
+        print(f"name server {cluster.ns[0]}:{cluster.ns[1]}; text protocol: foo {ports['foo']}, bar {ports['bar']}\n", file=out)
+        table = RoutingTable.parse(DEMO_TABLE)
+        script = [
+            ("foo", "CREATE shopping"),
+            ("foo", "PUT shopping milk 1"),
+            ("foo", "GET shopping milk"),
+            ("foo", "GET shopping eggs"),
+            ("foo", "CREATE zoo"),
+            ("foo", "PUT zoo lion roar"),
+            ("bar", "GET zoo lion"),
+            ("bar", "GET shopping milk"),
+            ("bar", "DELETE shopping milk"),
+            ("foo", "GET shopping milk"),
+            ("foo", "GET nosuch milk"),
+            ("bar", "GET 1abc milk"),
+            ("foo", "FOO"),
+        ]
+        lines = {name: _Line(address) for name, address in ports.items() if address}
+        try:
+            for via, request in script:
+                words = request.split()
+                try:
+                    owner = table.owner(words[1]) if len(words) > 1 else None
+                except PyroKVError:
+                    owner = None
+                if owner is None:
+                    hop = "no owner"
+                else:
+                    hop = "local" if owner == via else f"routed to {owner}"
+                reply = lines[via].ask(request)
+                print(f"  {via}> {request:<24} {reply:<40} [{hop}]", file=out)
+        finally:
+            for line in lines.values():
+                line.close()
+        print("\nRouting a task by bucket name (pyrokv.tasks.node_name), as the guide does:", file=out)
+        with Client(cluster.ns, via="foo") as client:
+            for bucket in ("hello", "world"):
+                print(f"  route({bucket!r}, node_name) -> {client.route(bucket, 'pyrokv.tasks.node_name')!r}", file=out)
+            try:
+                client.route(b"\x00", "pyrokv.tasks.node_name")
+            except PyroKVError as exc:
+                print(f"  route(b'\\x00', node_name) -> {type(exc).__name__}: {exc}", file=out)
+    print(f"\nstopped every process; the demo took {time.monotonic() - started:.1f}s", file=out, flush=True)
+    return 0

@@ -1,0 +1,109 @@
+"""The text protocol of the Elixir guide's KVServer: parse a line, format a reply. Pure.
+
+A request is one line of whitespace-separated words, ended by ``\\r\\n`` or ``\\n``::
+
+    CREATE bucket          -> OK
+    PUT bucket key value   -> OK
+    GET bucket key         -> value\\r\\nOK      (missing key: an empty value line)
+    DELETE bucket key      -> OK
+
+Words are bytes: a line is decoded as UTF-8 with ``surrogateescape``, so any byte
+but whitespace (NUL and bytes that are not UTF-8 included) is stored and returned
+exactly. See docs/protocol.md.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from .errors import BucketNotFoundError, PyroKVError
+
+__all__ = [
+    "DEFAULT_MAX_LINE",
+    "LINE_TOO_LONG",
+    "NOT_FOUND",
+    "OK",
+    "UNKNOWN",
+    "Command",
+    "error_reply",
+    "parse_line",
+    "reply_for",
+    "value_reply",
+]
+
+DEFAULT_MAX_LINE = 64 * 1024
+
+OK = b"OK\r\n"
+NOT_FOUND = b"NOT FOUND\r\n"
+UNKNOWN = b"UNKNOWN COMMAND\r\n"
+LINE_TOO_LONG = b"ERROR line too long\r\n"
+
+#: command word -> (task, number of words after the command)
+_COMMANDS: dict[bytes, tuple[str, int]] = {
+    b"CREATE": ("pyrokv.tasks.create", 1),
+    b"PUT": ("pyrokv.tasks.put", 3),
+    b"GET": ("pyrokv.tasks.get", 2),
+    b"DELETE": ("pyrokv.tasks.delete", 2),
+}
+
+
+class Command(NamedTuple):
+    """A parsed request: the task to route by ``bucket``, with its arguments."""
+
+    verb: bytes
+    task: str
+    bucket: str
+    args: list[str]
+
+
+def _text(word: bytes) -> str:
+    return word.decode("utf-8", "surrogateescape")
+
+
+def parse_line(line: bytes) -> Command | None:
+    """Parse one request line (without or with its line ending); None if it is not a command."""
+    words = line.split()
+    if not words:
+        return None
+    spec = _COMMANDS.get(words[0])
+    if spec is None or len(words) != spec[1] + 1:
+        return None
+    args = [_text(w) for w in words[1:]]
+    return Command(words[0], spec[0], args[0], args)
+
+
+def value_reply(value: Any) -> bytes:
+    """The reply to a GET: the value's line, then OK. A missing key is an empty line."""
+    if value is None:
+        data = b""
+    elif isinstance(value, str):
+        data = value.encode("utf-8", "surrogateescape")
+    elif isinstance(value, (bytes, bytearray)):
+        data = bytes(value)
+    else:  # stored by the Python client as another type
+        data = repr(value).encode("utf-8", "backslashreplace")
+    if b"\n" in data or b"\r" in data:
+        return (
+            b"ERROR the value holds a line break and cannot be sent as one line; "
+            b"read it with the Python client\r\n"
+        )
+    return data + b"\r\n" + OK
+
+
+def error_reply(exc: BaseException) -> bytes:
+    """The reply to a request that failed with ``exc``."""
+    if isinstance(exc, BucketNotFoundError):
+        return NOT_FOUND
+    if isinstance(exc, PyroKVError):
+        text = str(exc)
+    else:
+        text = f"{type(exc).__name__}: {exc}"
+    text = " ".join(text.split())  # one line, whatever the message holds
+    return b"ERROR " + text.encode("utf-8", "backslashreplace") + b"\r\n"
+
+
+def reply_for(command: Command, result: Any) -> bytes:
+    """The reply to a command that succeeded with ``result``."""
+    if command.verb == b"GET":
+        return value_reply(result)
+    return OK

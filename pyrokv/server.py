@@ -1,0 +1,271 @@
+"""The text-protocol server of a node: a thin asyncio layer over protocol.py and the router.
+
+Concurrency model (see docs/protocol.md for the measurements behind it): one asyncio
+event loop, in its own thread, owns every connection. A request for a bucket that
+this node owns runs inline on the loop (a dict operation: microseconds). A request
+that must be forwarded blocks on a Pyro5 call, so it runs on a thread pool and the
+loop goes on serving everyone else; its reply is written when it comes back, in
+request order for its connection. So thousands of idle or slow connections cost
+no threads, and a slow owner never holds up local buckets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import threading
+from typing import Any
+
+from . import protocol
+from .protocol import Command
+from .router import Router
+
+__all__ = [
+    "DEFAULT_IDLE_TIMEOUT",
+    "DEFAULT_MAX_CONNECTIONS",
+    "DEFAULT_ROUTE_WORKERS",
+    "TextServer",
+]
+
+DEFAULT_IDLE_TIMEOUT = 300.0
+DEFAULT_MAX_CONNECTIONS = 1000
+DEFAULT_ROUTE_WORKERS = 32
+# Pause reading a connection whose unsent replies pass this many bytes (a client
+# that pipelines without reading), and whose queued requests pass this many lines.
+_HIGH_WATER = 1 << 20
+_MAX_QUEUED = 1024
+
+
+class _Connection(asyncio.Protocol):
+    """One client connection: split lines, answer in order, enforce the limits."""
+
+    def __init__(self, server: TextServer) -> None:
+        self.server = server
+        self.transport: asyncio.Transport | None = None
+        self.buffer = b""
+        self.queue: collections.deque[bytes] = collections.deque()
+        self.waiting = False  # a routed request of this connection is in flight
+        self.closing = False
+        self.paused = False
+        self.idle: asyncio.TimerHandle | None = None
+
+    # -- asyncio callbacks ----------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        server = self.server
+        if len(server.connections) >= server.max_connections:
+            transport.write(b"ERROR too many connections, try again later\r\n")
+            transport.close()
+            self.closing = True
+            return
+        server.connections.add(self)
+        transport.set_write_buffer_limits(high=_HIGH_WATER)
+        self._touch()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        self.server.connections.discard(self)
+        if self.idle is not None:
+            self.idle.cancel()
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing or self.too_long:
+            return
+        self._touch()
+        buffer = self.buffer + data if self.buffer else data
+        lines = buffer.split(b"\n")
+        self.buffer = lines.pop()
+        limit = self.server.max_line
+        if len(self.buffer) > limit or any(len(line) > limit for line in lines):
+            # Answer what came before the long line, then refuse it and hang up:
+            # the rest of that line must never run as commands of its own.
+            for line in lines:
+                if len(line) > limit:
+                    break
+                self.queue.append(line)
+            self.queue.append(b"")  # a marker: see _run
+            self.buffer = b""
+            self.too_long = True
+        else:
+            self.queue.extend(lines)
+        self._run()
+        if len(self.queue) > _MAX_QUEUED and not self.paused and self.transport:
+            self.transport.pause_reading()
+            self.paused = True
+
+    def pause_writing(self) -> None:
+        if self.transport is not None and not self.paused:
+            self.transport.pause_reading()
+            self.paused = True
+
+    def resume_writing(self) -> None:
+        self._resume()
+
+    def eof_received(self) -> bool:
+        # Half-closed by the client: answer what it sent, then close.
+        self.eof = True
+        self._run()
+        return True
+
+    # -- processing -----------------------------------------------------------
+
+    too_long = False
+    eof = False
+
+    def _run(self) -> None:
+        """Answer queued lines in order until one must wait for another node."""
+        transport = self.transport
+        if transport is None or self.closing:
+            return
+        out = []
+        queue = self.queue
+        router = self.server.router
+        while queue and not self.waiting:
+            line = queue.popleft()
+            if self.too_long and not queue:
+                out.append(protocol.LINE_TOO_LONG)
+                self.closing = True
+                break
+            command = protocol.parse_line(line)
+            if command is None:
+                out.append(protocol.UNKNOWN)
+                continue
+            try:
+                owner = router.table.owner(command.bucket)
+            except Exception as exc:
+                out.append(protocol.error_reply(exc))
+                continue
+            if owner == router.node and router.local is not None:
+                try:
+                    result = router.local(command.task, command.args, None)
+                except Exception as exc:
+                    out.append(protocol.error_reply(exc))
+                else:
+                    out.append(protocol.reply_for(command, result))
+            else:
+                self.waiting = True
+                self.server.forward(self, command)
+        if out:
+            transport.write(b"".join(out))
+        if self.closing:
+            transport.close()
+        elif self.eof and not queue and not self.waiting:
+            transport.close()
+        elif self.paused and len(queue) <= _MAX_QUEUED // 2:
+            self._resume()
+
+    def routed(self, reply: bytes) -> None:
+        """The reply of this connection's routed request (called on the loop)."""
+        self.waiting = False
+        if self.transport is None or self.closing:
+            return
+        self.transport.write(reply)
+        self._touch()
+        self._run()
+
+    def _resume(self) -> None:
+        if self.paused and self.transport is not None and not self.closing:
+            if self.transport.get_write_buffer_size() < _HIGH_WATER:
+                self.paused = False
+                self.transport.resume_reading()
+
+    def _touch(self) -> None:
+        if self.idle is not None:
+            self.idle.cancel()
+        self.idle = self.server.loop.call_later(self.server.idle_timeout, self._expire)
+
+    def _expire(self) -> None:
+        if self.waiting:  # a routed request is still running: it has its own timeout
+            self._touch()
+            return
+        if self.transport is not None and not self.closing:
+            self.closing = True
+            self.transport.write(b"ERROR idle timeout, closing\r\n")
+            self.transport.close()
+
+
+class TextServer:
+    """Serves the text protocol on (host, port) in a background thread, over ``router``."""
+
+    def __init__(
+        self,
+        router: Router,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        max_line: int = protocol.DEFAULT_MAX_LINE,
+        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        route_workers: int = DEFAULT_ROUTE_WORKERS,
+    ) -> None:
+        self.router = router
+        self.max_line = max_line
+        self.idle_timeout = idle_timeout
+        self.max_connections = max_connections
+        self.connections: set[_Connection] = set()
+        self.loop = asyncio.new_event_loop()
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=route_workers, thread_name_prefix="pyrokv-route"
+        )
+        try:
+            self._server = self.loop.run_until_complete(
+                self.loop.create_server(lambda: _Connection(self), host, port, backlog=1024)
+            )
+        except BaseException:
+            self._pool.shutdown()
+            self.loop.close()
+            raise
+        self.address: tuple[str, int] = self._server.sockets[0].getsockname()[:2]
+        self._thread = threading.Thread(
+            target=self.loop.run_forever, name="pyrokv-text", daemon=True
+        )
+        self._thread.start()
+
+    def forward(self, conn: _Connection, command: Command) -> None:
+        """Run a routed command on the pool; hand its reply back to the loop."""
+        loop = self.loop
+
+        def work() -> None:
+            try:
+                result = self.router.route(command.bucket, command.task, command.args)
+                reply = protocol.reply_for(command, result)
+            except Exception as exc:
+                reply = protocol.error_reply(exc)
+            try:
+                loop.call_soon_threadsafe(conn.routed, reply)
+            except RuntimeError:
+                pass  # the loop was closed while this request ran
+
+        self._pool.submit(work)
+
+    def stop(self) -> None:
+        """Close every connection and the listening socket; stop the thread."""
+
+        async def shutdown() -> None:
+            self._server.close()
+            for conn in list(self.connections):
+                if conn.transport is not None:
+                    conn.transport.abort()
+            await self._server.wait_closed()
+
+        if self.loop.is_closed():
+            return
+        future = asyncio.run_coroutine_threadsafe(shutdown(), self.loop)
+        try:
+            future.result(timeout=5)
+        except (concurrent.futures.TimeoutError, RuntimeError):
+            pass
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=5)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        if not self._thread.is_alive():
+            self.loop.close()
+
+    def __enter__(self) -> TextServer:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()

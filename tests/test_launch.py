@@ -1,0 +1,158 @@
+"""pyrokv up and pyrokv demo, end to end, leaving no process behind."""
+
+from __future__ import annotations
+
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from textclient import Conn
+
+from pyrokv.client import Client
+
+pytestmark = pytest.mark.distributed
+
+
+def children_of(pid: int) -> set[int]:
+    """Process ids whose parent is ``pid`` (Linux /proc)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.add(int(entry.name))
+    return found
+
+
+def gone(pids: set[int], timeout: float = 10) -> bool:
+    """Whether every pid has exited (and been reaped) within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not any(Path(f"/proc/{pid}").exists() for pid in pids):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def read_until(proc: subprocess.Popen[str], marker: str, timeout: float = 30) -> list[str]:
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout
+    assert proc.stdout is not None
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            raise AssertionError(f"exited early: {lines}")
+        lines.append(line.rstrip("\n"))
+        if marker in line:
+            return lines
+    raise AssertionError(f"no {marker!r} in {lines}")
+
+
+def write_config(path: Path, ns_port: int = 0) -> Path:
+    path.write_text(
+        "[nameserver]\nhost = 127.0.0.1\nport = %d\n"
+        "[cluster]\ntable = a..m=foo, n..z=bar\n"
+        "[node foo]\nlisten = 127.0.0.1:0\n"
+        "[node bar]\nlisten = 127.0.0.1:0\n" % ns_port
+    )
+    return path
+
+
+def test_up_starts_the_cluster_and_ctrl_c_stops_every_child(tmp_path: Path) -> None:
+    """pyrokv up prints where everything runs; it serves; SIGINT stops it all, exit 0."""
+    conf = write_config(tmp_path / "c.conf")
+    proc = subprocess.Popen(
+        [sys.executable, "-u", "-m", "pyrokv", "up", "--config", str(conf)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
+    )
+    try:
+        lines = read_until(proc, "Ctrl-C stops")
+        text = "\n".join(lines)
+        ns_line = next(line for line in lines if "name server" in line)
+        host, port = ns_line.split()[-1].rsplit(":", 1)
+        foo = next(line for line in lines if "node foo" in line)
+        listen = foo.split("text protocol on ")[1].split(";")[0]
+        assert "pyrokv call hello node_name" in text
+        kids = children_of(proc.pid)
+        assert len(kids) == 3  # name server, foo, bar
+        with Conn(listen) as c:
+            assert c.ask("CREATE zoo") == b"OK"
+            assert c.ask("PUT zoo k v") == b"OK"
+            assert c.ask("GET zoo k") == b"v|OK"
+        with Client((host, int(port))) as kv:
+            assert kv.route("hello", "pyrokv.tasks.node_name") == "foo"
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=20) == 0
+        assert gone(kids)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        assert proc.stdout is not None
+        proc.stdout.close()
+
+
+def test_up_with_a_port_in_use_says_so_and_leaves_nothing(tmp_path: Path) -> None:
+    """A taken name-server port: a clear message, exit 1, no child left."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        conf = write_config(tmp_path / "c.conf", taken.getsockname()[1])
+        done = subprocess.run(
+            [sys.executable, "-m", "pyrokv", "up", "--config", str(conf)],
+            capture_output=True, text=True, timeout=60,
+        )
+    assert done.returncode == 1
+    assert "the name server did not start: cannot start the name server on 127.0.0.1:" in done.stderr
+    assert "Address already in use" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_up_with_a_text_port_in_use_stops_the_rest(tmp_path: Path) -> None:
+    """A node that cannot bind its text port: exit 1 naming it; the name server is stopped."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        conf = tmp_path / "c.conf"
+        conf.write_text(
+            "[nameserver]\nport = 0\n[node foo]\nlisten = 127.0.0.1:%d\n" % taken.getsockname()[1]
+        )
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pyrokv", "up", "--config", str(conf)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        seen: set[int] = set()
+        while proc.poll() is None:
+            seen |= children_of(proc.pid)
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1
+    assert "node 'foo' did not start: node 'foo' cannot serve the text protocol" in err
+    assert gone(seen)
+
+
+def test_demo_runs_the_scenario_and_stops_everything() -> None:
+    """pyrokv demo prints the guide's scenario and exits 0 with no process left."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pyrokv", "demo"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    seen: set[int] = set()
+    while proc.poll() is None:
+        seen |= children_of(proc.pid)
+        time.sleep(0.02)  # sampling the children, not waiting for them
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "route('hello', node_name) -> 'foo'" in out
+    assert "route('world', node_name) -> 'bar'" in out
+    assert re.search(r"bar> GET zoo lion +'roar' OK +\[local\]", out)
+    assert re.search(r"foo> CREATE zoo +OK +\[routed to bar\]", out)
+    assert "ERROR could not find entry for '1abc' in table [a..m -> foo, n..z -> bar]" in out
+    assert "NoRouteError: could not find entry for b'\\x00'" in out
+    assert seen and gone(seen)
