@@ -115,9 +115,11 @@ class Router:
         func: str | Callable[..., Any],
         args: Sequence[Any] = (),
         kwargs: dict[str, Any] | None = None,
+        timeout: float | None = None,
     ) -> Any:
         """Run ``func(*args, **kwargs)`` on the node that owns ``bucket``; return its result.
 
+        ``timeout`` (default: the router's) bounds the whole route, in seconds.
         Raises :class:`NoRouteError` (no entry), :class:`NodeUnavailableError` (owner
         not registered, unreachable or too slow), :class:`RoutingLoopError`, and
         whatever the task itself raised, with its own class.
@@ -127,7 +129,8 @@ class Router:
         if owner == self.node and self.local is not None:
             return self.local(name, args, kwargs)
         path = [self.node] if self.node is not None else []
-        return self._forward(owner, bucket, name, args, kwargs, path, self.timeout)
+        limit = self.timeout if timeout is None else timeout
+        return self._forward(owner, bucket, name, args, kwargs, path, limit)
 
     def forwarded(
         self,
@@ -174,7 +177,8 @@ class Router:
     ) -> Any:
         if limit <= 0:
             raise NodeUnavailableError(
-                f"no time left to reach node {owner!r} (path {' -> '.join(path)})"
+                f"node {owner!r} was not reached in time: the request's time ran out "
+                f"before it could be sent (path {' -> '.join(path) or '-'})"
             )
         deadline = time.monotonic() + limit
         inner = limit - min(0.5, limit * 0.1)

@@ -15,6 +15,7 @@ import asyncio
 import collections
 import concurrent.futures
 import threading
+import time
 from typing import Any
 
 from . import protocol
@@ -227,10 +228,16 @@ class TextServer:
     def forward(self, conn: _Connection, command: Command) -> None:
         """Run a routed command on the pool; hand its reply back to the loop."""
         loop = self.loop
+        queued = time.monotonic()
 
         def work() -> None:
             try:
-                result = self.router.route(command.bucket, command.task, command.args)
+                # The timeout counts from arrival: time spent queued behind other
+                # routed requests (a hung owner holds every pool thread) counts too.
+                left = self.router.timeout - (time.monotonic() - queued)
+                result = self.router.route(
+                    command.bucket, command.task, command.args, timeout=left
+                )
                 reply = protocol.reply_for(command, result)
             except Exception as exc:
                 reply = protocol.error_reply(exc)

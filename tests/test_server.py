@@ -235,7 +235,7 @@ def test_a_hung_owner_does_not_block_local_buckets(pair: Pair) -> None:
     bar = pair.children[pair.b]
     os.kill(bar.proc.pid, signal.SIGSTOP)
     try:
-        waiting = [Conn(pair.a_addr) for _ in range(5)]
+        waiting = [Conn(pair.a_addr) for _ in range(40)]  # more than the 32 route workers
         try:
             started = time.monotonic()
             for c in waiting:
@@ -247,7 +247,7 @@ def test_a_hung_owner_does_not_block_local_buckets(pair: Pair) -> None:
             for c in waiting:
                 reply = c.line()
                 assert reply.startswith(f"ERROR node '{pair.b}'".encode()), reply
-                assert b"did not answer within" in reply
+                assert b"did not answer within" in reply or b"not reached in time" in reply
             assert time.monotonic() - started < 6
         finally:
             for c in waiting:
