@@ -66,8 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run Pyro5's own name server (no broadcast) until SIGTERM or Ctrl-C.",
     )
     _common(p, ns=False)
-    p.add_argument("--host", help="address to bind (default: [nameserver] host, 127.0.0.1)")
-    p.add_argument("--port", type=int, help="port (default: [nameserver] port, 9090; 0 = any free)")
+    p.add_argument(
+        "--host", help="address to bind (default: [nameserver] host, 127.0.0.1)"
+    )
+    p.add_argument(
+        "--port", type=int, help="port (default: [nameserver] port, 9090; 0 = any free)"
+    )
 
     p = commands.add_parser(
         "node",
@@ -79,9 +83,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", metavar="NAME", help="node name (letters, digits, '_', '-')")
     _common(p)
     _timeout(p)
-    p.add_argument("--host", help="address the node's Pyro5 daemon binds (default 127.0.0.1)")
+    p.add_argument(
+        "--host", help="address the node's Pyro5 daemon binds (default 127.0.0.1)"
+    )
     p.add_argument("--port", type=int, help="its port (default 0: any free port)")
-    p.add_argument("--table", metavar="SPEC", help="routing table, e.g. 'a..m=foo, n..z=bar'")
+    p.add_argument(
+        "--table", metavar="SPEC", help="routing table, e.g. 'a..m=foo, n..z=bar'"
+    )
     p.add_argument(
         "--allow",
         metavar="MODULE",
@@ -119,7 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("bucket", metavar="BUCKET")
     p.add_argument("func", metavar="FUNC")
     p.add_argument("args", metavar="ARG", nargs="*")
-    p.add_argument("--via", metavar="NODE", help="node whose router starts the route (default: any live node)")
+    p.add_argument(
+        "--via",
+        metavar="NODE",
+        help="node whose router starts the route (default: any live node)",
+    )
     _common(p)
     _timeout(p)
 
@@ -281,7 +293,11 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
         )
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[4])
+        print(
+            "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False))
+            + "  "
+            + row[4]
+        )
     return 0
 
 

@@ -27,7 +27,9 @@ def list_nodes(ns: tuple[str, int], timeout: float = DEFAULT_TIMEOUT) -> dict[st
     host, port = ns
     try:
         with naming.ns_proxy(host, port, timeout) as proxy:
-            names = proxy.yplookup(meta_all={naming.NODE_METADATA}, return_metadata=False)
+            names = proxy.yplookup(
+                meta_all={naming.NODE_METADATA}, return_metadata=False
+            )
     except Pyro5.errors.PyroError as exc:
         raise NodeUnavailableError(
             f"cannot reach the name server at {host}:{port}: {exc} (is it running? "

@@ -168,7 +168,9 @@ class LocalCluster:
     """
 
     def __init__(
-        self, nodes: dict[str, str | None], extra: dict[str, Sequence[str]] | None = None
+        self,
+        nodes: dict[str, str | None],
+        extra: dict[str, Sequence[str]] | None = None,
     ) -> None:
         self.spec = nodes
         self.extra = extra or {}

@@ -16,8 +16,8 @@ from typing import Any
 
 from .errors import ConfigError, PyroKVError
 from .naming import parse_address
-from .router import DEFAULT_HOP_LIMIT, DEFAULT_TIMEOUT
 from .protocol import DEFAULT_MAX_LINE
+from .router import DEFAULT_HOP_LIMIT, DEFAULT_TIMEOUT
 from .runner import DEFAULT_ALLOW, check_module_name
 from .server import DEFAULT_IDLE_TIMEOUT
 from .table import RoutingTable, check_node_name
@@ -102,7 +102,12 @@ class Settings:
             f"hop_limit = {self.hop_limit}",
         ]
         for node in self.nodes:
-            lines += ["", f"[node {node.name}]", f"host = {node.host}", f"port = {node.port}"]
+            lines += [
+                "",
+                f"[node {node.name}]",
+                f"host = {node.host}",
+                f"port = {node.port}",
+            ]
             if node.listen:
                 lines.append(f"listen = {node.listen[0]}:{node.listen[1]}")
             if node.table is not None:
@@ -134,13 +139,22 @@ def load_settings(
     if path is not None:
         settings = _read_file(Path(path), settings)
     if "PYROKV_NS" in environ:
-        host, port = _value("PYROKV_NS", "the environment", environ["PYROKV_NS"], _address)
+        host, port = _value(
+            "PYROKV_NS", "the environment", environ["PYROKV_NS"], _address
+        )
         settings = settings.replace(ns_host=host, ns_port=port)
     if "PYROKV_TABLE" in environ:
-        table = _value("PYROKV_TABLE", "the environment", environ["PYROKV_TABLE"], RoutingTable.parse)
+        table = _value(
+            "PYROKV_TABLE",
+            "the environment",
+            environ["PYROKV_TABLE"],
+            RoutingTable.parse,
+        )
         settings = settings.replace(table=table)
     if "PYROKV_TIMEOUT" in environ:
-        timeout = _value("PYROKV_TIMEOUT", "the environment", environ["PYROKV_TIMEOUT"], _seconds)
+        timeout = _value(
+            "PYROKV_TIMEOUT", "the environment", environ["PYROKV_TIMEOUT"], _seconds
+        )
         settings = settings.replace(timeout=timeout)
     return settings
 
@@ -164,18 +178,26 @@ def _read_file(path: Path, settings: Settings) -> Settings:
         if section == "nameserver":
             _known(items, {"host", "port"}, section, where)
             if "host" in items:
-                changes["ns_host"] = _value("host", f"[{section}] of {where}", items["host"], _host)
+                changes["ns_host"] = _value(
+                    "host", f"[{section}] of {where}", items["host"], _host
+                )
             if "port" in items:
-                changes["ns_port"] = _value("port", f"[{section}] of {where}", items["port"], _port)
+                changes["ns_port"] = _value(
+                    "port", f"[{section}] of {where}", items["port"], _port
+                )
         elif section == "cluster":
             _known(items, {"table", "timeout", "hop_limit"}, section, where)
             at = f"[{section}] of {where}"
             if "table" in items:
-                changes["table"] = _value("table", at, items["table"], RoutingTable.parse)
+                changes["table"] = _value(
+                    "table", at, items["table"], RoutingTable.parse
+                )
             if "timeout" in items:
                 changes["timeout"] = _value("timeout", at, items["timeout"], _seconds)
             if "hop_limit" in items:
-                changes["hop_limit"] = _value("hop_limit", at, items["hop_limit"], _positive)
+                changes["hop_limit"] = _value(
+                    "hop_limit", at, items["hop_limit"], _positive
+                )
         elif section.startswith("node ") or section == "node":
             nodes.append(_node(section, items, where))
         else:
@@ -209,11 +231,14 @@ def _node(section: str, items: dict[str, str], where: str) -> NodeSettings:
     if "max_line" in items:
         fields["max_line"] = _value("max_line", at, items["max_line"], _positive)
     if "idle_timeout" in items:
-        fields["idle_timeout"] = _value("idle_timeout", at, items["idle_timeout"], _seconds)
+        fields["idle_timeout"] = _value(
+            "idle_timeout", at, items["idle_timeout"], _seconds
+        )
     if "allow" in items:
         modules = [m.strip() for m in items["allow"].split(",") if m.strip()]
         fields["allow"] = tuple(
-            _value("allow", at, m, check_module_name) for m in [*DEFAULT_ALLOW, *modules]
+            _value("allow", at, m, check_module_name)
+            for m in [*DEFAULT_ALLOW, *modules]
         )
     return NodeSettings(**fields)
 

@@ -22,12 +22,18 @@ __all__ = ["run_demo", "run_up"]
 def _node_args(node: NodeSettings, settings: Settings) -> list[str]:
     table = settings.table if node.table is None else node.table
     args = [
-        "--host", node.host,
-        "--port", str(node.port),
-        "--table", table.spec(),
-        "--timeout", f"{settings.timeout:g}",
-        "--max-line", str(node.max_line),
-        "--idle-timeout", f"{node.idle_timeout:g}",
+        "--host",
+        node.host,
+        "--port",
+        str(node.port),
+        "--table",
+        table.spec(),
+        "--timeout",
+        f"{settings.timeout:g}",
+        "--max-line",
+        str(node.max_line),
+        "--idle-timeout",
+        f"{node.idle_timeout:g}",
     ]
     for module in node.allow:
         args += ["--allow", module]
@@ -56,7 +62,9 @@ def _child_failure(child: Child | None) -> str:
 def run_up(settings: Settings, out: TextIO = sys.stdout) -> int:
     """Start the name server and every configured node; stop them all on a signal."""
     if not settings.nodes:
-        raise PyroKVError(f"no [node NAME] sections in {settings.source}: nothing to start")
+        raise PyroKVError(
+            f"no [node NAME] sections in {settings.source}: nothing to start"
+        )
     stop = threading.Event()
 
     def handler(_signum: int, _frame: object) -> None:
@@ -104,7 +112,7 @@ def _print_up(
     out: TextIO,
     settings: Settings,
     ns: tuple[str, int],
-    rows: list[tuple[str, object, str | None, Child]],
+    rows: list[tuple[str, RoutingTable, str | None, Child]],
 ) -> None:
     print(f"pyrokv cluster is up (settings: {settings.source})", file=out)
     print(f"  name server   {ns[0]}:{ns[1]}", file=out)
@@ -118,7 +126,9 @@ def _print_up(
         print(f"  nc {host} {port}          then type: CREATE shopping", file=out)
         print("                                     PUT shopping milk 1", file=out)
         print("                                     GET shopping milk", file=out)
-    config = "" if settings.source == "built-in defaults" else f" --config {settings.source}"
+    config = (
+        "" if settings.source == "built-in defaults" else f" --config {settings.source}"
+    )
     print(f"  pyrokv call hello node_name --ns {ns[0]}:{ns[1]}{config}", file=out)
     print(f"  pyrokv status --ns {ns[0]}:{ns[1]}", file=out)
     print("\nCtrl-C stops every process.", file=out, flush=True)
@@ -154,10 +164,21 @@ def run_demo(out: TextIO = sys.stdout) -> int:
     """Run the guide's scenario on a fresh local cluster; stop it; return 0."""
     started = time.monotonic()
     listen = ["--listen", "127.0.0.1:0"]
-    print("starting a name server and nodes foo (a..m) and bar (n..z) on free ports ...", file=out, flush=True)
-    with LocalCluster({"foo": DEMO_TABLE, "bar": DEMO_TABLE}, {"foo": listen, "bar": listen}) as cluster:
-        ports = {name: _listen_address(child, name) for name, child in cluster.nodes.items()}
-        print(f"name server {cluster.ns[0]}:{cluster.ns[1]}; text protocol: foo {ports['foo']}, bar {ports['bar']}\n", file=out)
+    print(
+        "starting a name server and nodes foo (a..m) and bar (n..z) on free ports ...",
+        file=out,
+        flush=True,
+    )
+    with LocalCluster(
+        {"foo": DEMO_TABLE, "bar": DEMO_TABLE}, {"foo": listen, "bar": listen}
+    ) as cluster:
+        ports = {
+            name: _listen_address(child, name) for name, child in cluster.nodes.items()
+        }
+        print(
+            f"name server {cluster.ns[0]}:{cluster.ns[1]}; text protocol: foo {ports['foo']}, bar {ports['bar']}\n",
+            file=out,
+        )
         table = RoutingTable.parse(DEMO_TABLE)
         script = [
             ("foo", "CREATE shopping"),
@@ -191,13 +212,26 @@ def run_demo(out: TextIO = sys.stdout) -> int:
         finally:
             for line in lines.values():
                 line.close()
-        print("\nRouting a task by bucket name (pyrokv.tasks.node_name), as the guide does:", file=out)
+        print(
+            "\nRouting a task by bucket name (pyrokv.tasks.node_name), as the guide does:",
+            file=out,
+        )
         with Client(cluster.ns, via="foo") as client:
             for bucket in ("hello", "world"):
-                print(f"  route({bucket!r}, node_name) -> {client.route(bucket, 'pyrokv.tasks.node_name')!r}", file=out)
+                print(
+                    f"  route({bucket!r}, node_name) -> {client.route(bucket, 'pyrokv.tasks.node_name')!r}",
+                    file=out,
+                )
             try:
                 client.route(b"\x00", "pyrokv.tasks.node_name")
             except PyroKVError as exc:
-                print(f"  route(b'\\x00', node_name) -> {type(exc).__name__}: {exc}", file=out)
-    print(f"\nstopped every process; the demo took {time.monotonic() - started:.1f}s", file=out, flush=True)
+                print(
+                    f"  route(b'\\x00', node_name) -> {type(exc).__name__}: {exc}",
+                    file=out,
+                )
+    print(
+        f"\nstopped every process; the demo took {time.monotonic() - started:.1f}s",
+        file=out,
+        flush=True,
+    )
     return 0

@@ -19,9 +19,9 @@ from Pyro5.api import Daemon, Proxy
 
 from . import naming
 from .errors import PyroKVError
+from .protocol import DEFAULT_MAX_LINE
 from .registry import Registry
 from .router import DEFAULT_HOP_LIMIT, DEFAULT_TIMEOUT, Router
-from .protocol import DEFAULT_MAX_LINE
 from .runner import DEFAULT_ALLOW, TaskRunner
 from .server import DEFAULT_IDLE_TIMEOUT, TextServer
 from .table import RoutingTable, check_node_name
@@ -72,7 +72,9 @@ class NodeHandle:
         host, port = self.ns
         with naming.ns_proxy(host, port, self.router.timeout) as ns:
             metadata = {naming.NODE_METADATA}
-            ns.register(naming.tasks_name(self.name), self.uri, safe=safe, metadata=metadata)
+            ns.register(
+                naming.tasks_name(self.name), self.uri, safe=safe, metadata=metadata
+            )
             ns.register(
                 naming.registry_name(self.name), self.registry_uri, metadata=metadata
             )
@@ -217,7 +219,9 @@ def wait_for_signal() -> None:
     def handler(_signum: int, _frame: object) -> None:
         stop.set()
 
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous = {
+        sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)
+    }
     try:
         while not stop.wait(1.0):
             pass
@@ -226,7 +230,9 @@ def wait_for_signal() -> None:
             signal.signal(sig, old)
 
 
-def serve_node(name: str, table: RoutingTable, ns: tuple[str, int], **options: Any) -> int:
+def serve_node(
+    name: str, table: RoutingTable, ns: tuple[str, int], **options: Any
+) -> int:
     """Run node ``name`` until SIGTERM or Ctrl-C (``pyrokv node``); return the exit code."""
     with start_node(name, table, ns, **options) as handle:
         if handle.text is not None:

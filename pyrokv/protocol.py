@@ -94,10 +94,7 @@ def error_reply(exc: BaseException) -> bytes:
     """The reply to a request that failed with ``exc``."""
     if isinstance(exc, BucketNotFoundError):
         return NOT_FOUND
-    if isinstance(exc, PyroKVError):
-        text = str(exc)
-    else:
-        text = f"{type(exc).__name__}: {exc}"
+    text = str(exc) if isinstance(exc, PyroKVError) else f"{type(exc).__name__}: {exc}"
     text = " ".join(text.split())  # one line, whatever the message holds
     return b"ERROR " + text.encode("utf-8", "backslashreplace") + b"\r\n"
 

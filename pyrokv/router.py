@@ -230,7 +230,9 @@ class Router:
         What a client outside the cluster does: it holds no table, and lets the node
         it talks to decide (``pyrokv call --via NODE``).
         """
-        return self._forward(node, bucket, task_name(func), args, kwargs, [], self.timeout)
+        return self._forward(
+            node, bucket, task_name(func), args, kwargs, [], self.timeout
+        )
 
     # -- finding nodes ------------------------------------------------------
 
@@ -240,7 +242,9 @@ class Router:
         A Pyro5 proxy belongs to one thread, so each thread keeps its own; the
         resolved address is shared.
         """
-        held: dict[str, tuple[Any, int]] | None = getattr(self._threads, "proxies", None)
+        held: dict[str, tuple[Any, int]] | None = getattr(
+            self._threads, "proxies", None
+        )
         if held is None:
             held = self._threads.proxies = {}
             with self._held_lock:

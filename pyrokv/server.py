@@ -151,9 +151,7 @@ class _Connection(asyncio.Protocol):
                 self.server.forward(self, command)
         if out:
             transport.write(b"".join(out))
-        if self.closing:
-            transport.close()
-        elif self.eof and not queue and not self.waiting:
+        if self.closing or (self.eof and not queue and not self.waiting):
             transport.close()
         elif self.paused and len(queue) <= _MAX_QUEUED // 2:
             self._resume()
@@ -168,10 +166,15 @@ class _Connection(asyncio.Protocol):
         self._run()
 
     def _resume(self) -> None:
-        if self.paused and self.transport is not None and not self.closing:
-            if self.transport.get_write_buffer_size() < _HIGH_WATER:
-                self.paused = False
-                self.transport.resume_reading()
+        transport = self.transport
+        if (
+            self.paused
+            and transport is not None
+            and not self.closing
+            and transport.get_write_buffer_size() < _HIGH_WATER
+        ):
+            self.paused = False
+            transport.resume_reading()
 
     def _touch(self) -> None:
         if self.idle is not None:
@@ -213,7 +216,9 @@ class TextServer:
         )
         try:
             self._server = self.loop.run_until_complete(
-                self.loop.create_server(lambda: _Connection(self), host, port, backlog=1024)
+                self.loop.create_server(
+                    lambda: _Connection(self), host, port, backlog=1024
+                )
             )
         except BaseException:
             self._pool.shutdown()

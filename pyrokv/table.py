@@ -241,7 +241,9 @@ class RoutingTable:
         return hash(self._entries)
 
     def __repr__(self) -> str:
-        inner = ", ".join(f"{_show_range(s, e)} -> {node}" for s, e, node in self._entries)
+        inner = ", ".join(
+            f"{_show_range(s, e)} -> {node}" for s, e, node in self._entries
+        )
         return f"[{inner}]"
 
     __str__ = __repr__

@@ -34,7 +34,12 @@ def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     """A missing argument or a bad option is a usage error (exit 2), no traceback."""
-    for argv in (["call"], ["node"], ["frobnicate"], ["call", "b", "f", "--timeout", "x"]):
+    for argv in (
+        ["call"],
+        ["node"],
+        ["frobnicate"],
+        ["call", "b", "f", "--timeout", "x"],
+    ):
         with pytest.raises(SystemExit) as info:
             main(argv)
         assert info.value.code == 2
@@ -54,7 +59,9 @@ def test_no_name_server_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> 
     """call/status with no name server: exit 1 and a message naming the address."""
     assert main(["call", "hello", "node_name", "--ns", "127.0.0.1:1"]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("pyrokv: NodeUnavailableError: cannot reach the name server at 127.0.0.1:1")
+    assert err.startswith(
+        "pyrokv: NodeUnavailableError: cannot reach the name server at 127.0.0.1:1"
+    )
     assert main(["status", "--ns", "127.0.0.1:1"]) == 1
 
 
@@ -67,10 +74,24 @@ def test_call_prints_results_and_errors(guide: tuple[str, int], unique: str) -> 
     assert (done.returncode, done.stdout) == (0, "bar\n")
     bucket = f"s{unique}"
     assert run("call", bucket, "create", bucket, "--ns", ns).returncode == 0
-    assert run("call", bucket, "put", bucket, "milk", "[1, 'two']", "--ns", ns).returncode == 0
-    assert run("call", bucket, "put", bucket, "eggs", "not a literal", "--ns", ns).returncode == 0
-    assert run("call", bucket, "get", bucket, "milk", "--ns", ns, "--via", "foo").stdout == "[1, 'two']\n"
-    assert run("call", bucket, "get", bucket, "eggs", "--ns", ns).stdout == "not a literal\n"
+    assert (
+        run("call", bucket, "put", bucket, "milk", "[1, 'two']", "--ns", ns).returncode
+        == 0
+    )
+    assert (
+        run(
+            "call", bucket, "put", bucket, "eggs", "not a literal", "--ns", ns
+        ).returncode
+        == 0
+    )
+    assert (
+        run("call", bucket, "get", bucket, "milk", "--ns", ns, "--via", "foo").stdout
+        == "[1, 'two']\n"
+    )
+    assert (
+        run("call", bucket, "get", bucket, "eggs", "--ns", ns).stdout
+        == "not a literal\n"
+    )
     failed = run("call", "1abc", "node_name", "--ns", ns)
     assert failed.returncode == 1
     assert failed.stderr == (

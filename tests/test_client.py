@@ -45,7 +45,10 @@ def test_errors_arrive_as_their_classes(guide: tuple[str, int]) -> None:
 
 def test_via_a_node_that_is_not_registered(guide: tuple[str, int]) -> None:
     """via naming an unknown node is NodeUnavailableError naming it."""
-    with Client(guide, via="nowhere", timeout=2) as kv, pytest.raises(NodeUnavailableError, match="'nowhere' is not registered"):
+    with (
+        Client(guide, via="nowhere", timeout=2) as kv,
+        pytest.raises(NodeUnavailableError, match="'nowhere' is not registered"),
+    ):
         kv.get("hello", "k")
 
 
@@ -62,7 +65,10 @@ def test_picks_a_live_node(unique: str) -> None:
                 assert kv.node == live
         finally:
             child.stop()
-        with Client(ns, timeout=2) as kv, pytest.raises(NodeUnavailableError, match="no live pyrokv node"):
+        with (
+            Client(ns, timeout=2) as kv,
+            pytest.raises(NodeUnavailableError, match="no live pyrokv node"),
+        ):
             kv.get("x", "k")
     finally:
         ns_child.stop()

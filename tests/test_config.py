@@ -34,24 +34,47 @@ def test_precedence_env_over_file_over_default(tmp_path: Path) -> None:
     assert load_settings(None, {"PYROKV_CONFIG": str(conf)}).ns_port == 7000
 
 
-def test_flag_beats_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_flag_beats_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """--ns on the command line wins over PYROKV_NS and the file."""
     conf = tmp_path / "c.conf"
     conf.write_text("[nameserver]\nport = 7000\n")
     monkeypatch.setenv("PYROKV_NS", "127.0.0.1:7001")
     assert main(["config", "--config", str(conf)]) == 0
     assert "port = 7001" in capsys.readouterr().out
-    assert main(["call", "b", "f", "--config", str(conf), "--ns", "127.0.0.1:1", "--timeout", "1"]) == 1
+    assert (
+        main(
+            [
+                "call",
+                "b",
+                "f",
+                "--config",
+                str(conf),
+                "--ns",
+                "127.0.0.1:1",
+                "--timeout",
+                "1",
+            ]
+        )
+        == 1
+    )
     assert "127.0.0.1:1" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("[nameserver]\nport = abc\n", r"bad value for port in \[nameserver\] of .*c.conf"),
+        (
+            "[nameserver]\nport = abc\n",
+            r"bad value for port in \[nameserver\] of .*c.conf",
+        ),
         ("[nameserver]\nport = 70000\n", r"port 70000 is outside"),
         ("[nameserver]\nprot = 1\n", r"unknown key 'prot' in \[nameserver\]"),
-        ("[cluster]\ntable = a..m=foo, k..z=bar\n", r"bad value for table in \[cluster\].*overlaps"),
+        (
+            "[cluster]\ntable = a..m=foo, k..z=bar\n",
+            r"bad value for table in \[cluster\].*overlaps",
+        ),
         ("[cluster]\ntimeout = -1\n", r"bad value for timeout"),
         ("[node a.b]\n", r"invalid node name 'a.b'"),
         ("[node x]\nlisten = nowhere\n", r"bad value for listen in \[node x\]"),
@@ -60,7 +83,9 @@ def test_flag_beats_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         ("no section\n", r"cannot read config file"),
     ],
 )
-def test_bad_values_name_the_key_and_file(tmp_path: Path, text: str, message: str) -> None:
+def test_bad_values_name_the_key_and_file(
+    tmp_path: Path, text: str, message: str
+) -> None:
     """A bad file raises ConfigError naming the key and the file."""
     conf = tmp_path / "c.conf"
     conf.write_text(text)

@@ -7,10 +7,24 @@ def test_exports() -> None:
     """pyrokv exports these names, sorted, and each exists."""
     assert pyrokv.__all__ == sorted(pyrokv.__all__)
     assert set(pyrokv.__all__) == {
-        "BucketNotFoundError", "Client", "ConfigError", "InvalidTableError", "NoRouteError",
-        "NodeHandle", "NodeUnavailableError", "ProtocolError", "PyroKVError", "Registry",
-        "RoutingLoopError", "RoutingTable", "Router", "TaskArgumentError",
-        "TaskNotAllowedError", "TaskRunner", "__version__", "start_node",
+        "BucketNotFoundError",
+        "Client",
+        "ConfigError",
+        "InvalidTableError",
+        "NoRouteError",
+        "NodeHandle",
+        "NodeUnavailableError",
+        "ProtocolError",
+        "PyroKVError",
+        "Registry",
+        "RoutingLoopError",
+        "RoutingTable",
+        "Router",
+        "TaskArgumentError",
+        "TaskNotAllowedError",
+        "TaskRunner",
+        "__version__",
+        "start_node",
     }
     for name in pyrokv.__all__:
         assert hasattr(pyrokv, name)

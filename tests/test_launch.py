@@ -42,7 +42,9 @@ def gone(pids: set[int], timeout: float = 10) -> bool:
     return False
 
 
-def read_until(proc: subprocess.Popen[str], marker: str, timeout: float = 30) -> list[str]:
+def read_until(
+    proc: subprocess.Popen[str], marker: str, timeout: float = 30
+) -> list[str]:
     lines: list[str] = []
     deadline = time.monotonic() + timeout
     assert proc.stdout is not None
@@ -58,10 +60,10 @@ def read_until(proc: subprocess.Popen[str], marker: str, timeout: float = 30) ->
 
 def write_config(path: Path, ns_port: int = 0) -> Path:
     path.write_text(
-        "[nameserver]\nhost = 127.0.0.1\nport = %d\n"
+        f"[nameserver]\nhost = 127.0.0.1\nport = {ns_port}\n"
         "[cluster]\ntable = a..m=foo, n..z=bar\n"
         "[node foo]\nlisten = 127.0.0.1:0\n"
-        "[node bar]\nlisten = 127.0.0.1:0\n" % ns_port
+        "[node bar]\nlisten = 127.0.0.1:0\n"
     )
     return path
 
@@ -71,7 +73,10 @@ def test_up_starts_the_cluster_and_ctrl_c_stops_every_child(tmp_path: Path) -> N
     conf = write_config(tmp_path / "c.conf")
     proc = subprocess.Popen(
         [sys.executable, "-u", "-m", "pyrokv", "up", "--config", str(conf)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=tmp_path,
     )
     try:
         lines = read_until(proc, "Ctrl-C stops")
@@ -108,10 +113,15 @@ def test_up_with_a_port_in_use_says_so_and_leaves_nothing(tmp_path: Path) -> Non
         conf = write_config(tmp_path / "c.conf", taken.getsockname()[1])
         done = subprocess.run(
             [sys.executable, "-m", "pyrokv", "up", "--config", str(conf)],
-            capture_output=True, text=True, timeout=60,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
     assert done.returncode == 1
-    assert "the name server did not start: cannot start the name server on 127.0.0.1:" in done.stderr
+    assert (
+        "the name server did not start: cannot start the name server on 127.0.0.1:"
+        in done.stderr
+    )
     assert "Address already in use" in done.stderr
     assert "Traceback" not in done.stderr
 
@@ -123,16 +133,19 @@ def test_up_with_a_text_port_in_use_stops_the_rest(tmp_path: Path) -> None:
         taken.listen()
         conf = tmp_path / "c.conf"
         conf.write_text(
-            "[nameserver]\nport = 0\n[node foo]\nlisten = 127.0.0.1:%d\n" % taken.getsockname()[1]
+            "[nameserver]\nport = 0\n[node foo]\n"
+            f"listen = 127.0.0.1:{taken.getsockname()[1]}\n"
         )
         proc = subprocess.Popen(
             [sys.executable, "-m", "pyrokv", "up", "--config", str(conf)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         seen: set[int] = set()
         while proc.poll() is None:
             seen |= children_of(proc.pid)
-        out, err = proc.communicate(timeout=60)
+        _out, err = proc.communicate(timeout=60)
     assert proc.returncode == 1
     assert "node 'foo' did not start: node 'foo' cannot serve the text protocol" in err
     assert gone(seen)
@@ -141,7 +154,10 @@ def test_up_with_a_text_port_in_use_stops_the_rest(tmp_path: Path) -> None:
 def test_demo_runs_the_scenario_and_stops_everything() -> None:
     """pyrokv demo prints the guide's scenario and exits 0 with no process left."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pyrokv", "demo"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-m", "pyrokv", "demo"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     seen: set[int] = set()
     while proc.poll() is None:
@@ -153,6 +169,9 @@ def test_demo_runs_the_scenario_and_stops_everything() -> None:
     assert "route('world', node_name) -> 'bar'" in out
     assert re.search(r"bar> GET zoo lion +'roar' OK +\[local\]", out)
     assert re.search(r"foo> CREATE zoo +OK +\[routed to bar\]", out)
-    assert "ERROR could not find entry for '1abc' in table [a..m -> foo, n..z -> bar]" in out
+    assert (
+        "ERROR could not find entry for '1abc' in table [a..m -> foo, n..z -> bar]"
+        in out
+    )
     assert "NoRouteError: could not find entry for b'\\x00'" in out
     assert seen and gone(seen)

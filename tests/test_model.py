@@ -15,7 +15,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from pyrokv import BucketNotFoundError, NoRouteError, RoutingTable, Router
+from pyrokv import BucketNotFoundError, NoRouteError, Router, RoutingTable
 
 pytestmark = pytest.mark.distributed
 
@@ -28,7 +28,9 @@ class RoutedStore(RuleBasedStateMachine):
 
     names = st.sampled_from(["apple", "melon", "night", "zoo", "0nope"])
     keys = st.sampled_from(["k1", "k2", "ü"])
-    values = st.one_of(st.integers(), st.text(max_size=5), st.binary(max_size=5), st.none())
+    values = st.one_of(
+        st.integers(), st.text(max_size=5), st.binary(max_size=5), st.none()
+    )
 
     @initialize()
     def start(self) -> None:
@@ -63,7 +65,9 @@ class RoutedStore(RuleBasedStateMachine):
     @rule(name=names, key=keys, value=values, which=st.integers(0, 2))
     def put(self, name: str, key: str, value: object, which: int) -> None:
         bucket = self.bucket(name)
-        call = lambda: self.routers[which].route(bucket, "pyrokv.tasks.put", [bucket, key, value])  # noqa: E731
+        call = lambda: self.routers[which].route(
+            bucket, "pyrokv.tasks.put", [bucket, key, value]
+        )
         if bucket in self.model:
             call()
             self.model[bucket][key] = value
@@ -74,7 +78,9 @@ class RoutedStore(RuleBasedStateMachine):
     @rule(name=names, key=keys, which=st.integers(0, 2))
     def get(self, name: str, key: str, which: int) -> None:
         bucket = self.bucket(name)
-        call = lambda: self.routers[which].route(bucket, "pyrokv.tasks.get", [bucket, key])  # noqa: E731
+        call = lambda: self.routers[which].route(
+            bucket, "pyrokv.tasks.get", [bucket, key]
+        )
         if bucket in self.model:
             assert call() == self.model[bucket].get(key)
         else:
@@ -85,7 +91,9 @@ class RoutedStore(RuleBasedStateMachine):
     def delete(self, name: str, key: str, which: int) -> None:
         bucket = self.bucket(name)
         if bucket in self.model:
-            old = self.routers[which].route(bucket, "pyrokv.tasks.delete", [bucket, key])
+            old = self.routers[which].route(
+                bucket, "pyrokv.tasks.delete", [bucket, key]
+            )
             assert old == self.model[bucket].pop(key, None)
 
     @invariant()
@@ -100,5 +108,6 @@ def test_routed_store_matches_a_dict(guide: tuple[str, int]) -> None:
     global _NS
     _NS = guide
     run_state_machine_as_test(
-        RoutedStore, settings=settings(max_examples=25, stateful_step_count=15, deadline=None)
+        RoutedStore,
+        settings=settings(max_examples=25, stateful_step_count=15, deadline=None),
     )

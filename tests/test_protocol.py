@@ -21,10 +21,22 @@ from pyrokv.protocol import (
 @pytest.mark.parametrize(
     ("line", "command"),
     [
-        (b"CREATE shopping\r\n", Command(b"CREATE", "pyrokv.tasks.create", "shopping", ["shopping"])),
-        (b"PUT shopping milk 1\n", Command(b"PUT", "pyrokv.tasks.put", "shopping", ["shopping", "milk", "1"])),
-        (b"GET shopping milk", Command(b"GET", "pyrokv.tasks.get", "shopping", ["shopping", "milk"])),
-        (b"  DELETE\tshopping   milk \r\n", Command(b"DELETE", "pyrokv.tasks.delete", "shopping", ["shopping", "milk"])),
+        (
+            b"CREATE shopping\r\n",
+            Command(b"CREATE", "pyrokv.tasks.create", "shopping", ["shopping"]),
+        ),
+        (
+            b"PUT shopping milk 1\n",
+            Command(b"PUT", "pyrokv.tasks.put", "shopping", ["shopping", "milk", "1"]),
+        ),
+        (
+            b"GET shopping milk",
+            Command(b"GET", "pyrokv.tasks.get", "shopping", ["shopping", "milk"]),
+        ),
+        (
+            b"  DELETE\tshopping   milk \r\n",
+            Command(b"DELETE", "pyrokv.tasks.delete", "shopping", ["shopping", "milk"]),
+        ),
     ],
 )
 def test_commands_parse(line: bytes, command: Command) -> None:
@@ -34,8 +46,19 @@ def test_commands_parse(line: bytes, command: Command) -> None:
 
 @pytest.mark.parametrize(
     "line",
-    [b"", b"\r\n", b"FOO", b"get shopping milk", b"GET shopping", b"GET a b c",
-     b"PUT a b", b"PUT a b c d", b"CREATE", b"CREATE a b", b"DELETE a"],
+    [
+        b"",
+        b"\r\n",
+        b"FOO",
+        b"get shopping milk",
+        b"GET shopping",
+        b"GET a b c",
+        b"PUT a b",
+        b"PUT a b c d",
+        b"CREATE",
+        b"CREATE a b",
+        b"DELETE a",
+    ],
 )
 def test_unknown_commands(line: bytes) -> None:
     """Unknown words, lowercase commands and wrong argument counts are not commands."""
@@ -65,8 +88,14 @@ def test_replies() -> None:
 def test_error_replies() -> None:
     """A missing bucket is NOT FOUND; other errors are one ERROR line with their text."""
     assert error_reply(BucketNotFoundError("x")) == NOT_FOUND
-    assert error_reply(NoRouteError("could not find entry for '1abc'")) == b"ERROR could not find entry for '1abc'\r\n"
-    assert error_reply(NodeUnavailableError("node 'bar'\nis down")) == b"ERROR node 'bar' is down\r\n"
+    assert (
+        error_reply(NoRouteError("could not find entry for '1abc'"))
+        == b"ERROR could not find entry for '1abc'\r\n"
+    )
+    assert (
+        error_reply(NodeUnavailableError("node 'bar'\nis down"))
+        == b"ERROR node 'bar' is down\r\n"
+    )
     assert error_reply(TypeError("bad")) == b"ERROR TypeError: bad\r\n"
 
 
@@ -78,7 +107,11 @@ def test_any_bytes_parse_or_are_unknown(line: bytes) -> None:
         assert command.verb in (b"CREATE", b"PUT", b"GET", b"DELETE")
 
 
-@given(st.binary(min_size=1, max_size=50).filter(lambda b: not any(c in b for c in b" \t\r\n\x0b\x0c")))
+@given(
+    st.binary(min_size=1, max_size=50).filter(
+        lambda b: not any(c in b for c in b" \t\r\n\x0b\x0c")
+    )
+)
 def test_values_round_trip(value: bytes) -> None:
     """Any value without whitespace comes back from a GET exactly as it was PUT."""
     command = parse_line(b"PUT b k " + value)

@@ -40,7 +40,9 @@ def test_missing_key_and_delete(registry: Registry) -> None:
 def test_missing_bucket_raises(registry: Registry, op: str) -> None:
     """get/put/delete on a bucket never created raise BucketNotFoundError saying what to do."""
     args = ("nosuch", "k", "v") if op == "put" else ("nosuch", "k")
-    with pytest.raises(BucketNotFoundError, match="bucket 'nosuch' does not exist: create it first"):
+    with pytest.raises(
+        BucketNotFoundError, match="bucket 'nosuch' does not exist: create it first"
+    ):
         getattr(registry, op)(*args)
     assert registry.buckets() == []
 
@@ -101,7 +103,9 @@ class RegistryModel(RuleBasedStateMachine):
     @rule(bucket=names, key=keys)
     def delete(self, bucket: str, key: str) -> None:
         if bucket in self.model:
-            assert self.registry.delete(bucket, key) == self.model[bucket].pop(key, None)
+            assert self.registry.delete(bucket, key) == self.model[bucket].pop(
+                key, None
+            )
 
     @invariant()
     def same_buckets(self) -> None:

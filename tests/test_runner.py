@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pyrokv import Registry, TaskArgumentError, TaskNotAllowedError, TaskRunner
-from pyrokv import tasks
+from pyrokv import Registry, TaskArgumentError, TaskNotAllowedError, TaskRunner, tasks
 from pyrokv.errors import PyroKVError
 
 CANARY = textwrap.dedent(
@@ -41,7 +40,9 @@ def _canary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     """A task module that imports os: name it in the allowlist to test what leaks."""
     name = f"canary_{tmp_path.name.replace('-', '_')}"
     (tmp_path / f"{name}.py").write_text(CANARY)
-    (tmp_path / "forbidden_side_effect.py").write_text("raise SystemExit('imported!')\n")
+    (tmp_path / "forbidden_side_effect.py").write_text(
+        "raise SystemExit('imported!')\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     yield name
     sys.modules.pop(name, None)
@@ -111,7 +112,16 @@ def test_allowed_module_exposes_only_its_own_plain_functions(canary: str) -> Non
     runner = TaskRunner("foo", Registry(), allow=["pyrokv.tasks", canary])
     assert runner.run(f"{canary}.ok", [1]) == 3
     module = sys.modules[canary]
-    for name in ("os.system", "join", "borrowed", "_private", "lam", "Thing", "CALLS", "os"):
+    for name in (
+        "os.system",
+        "join",
+        "borrowed",
+        "_private",
+        "lam",
+        "Thing",
+        "CALLS",
+        "os",
+    ):
         with pytest.raises(TaskNotAllowedError):
             runner.run(f"{canary}.{name}", ["touch /tmp/pyrokv-pwned"])
     assert module.CALLS == [(1, 2)]
@@ -127,7 +137,9 @@ def test_allowlist_entries_are_validated() -> None:
 def test_wrong_arguments_are_a_task_argument_error() -> None:
     """Arguments that do not fit the signature raise TaskArgumentError naming it."""
     runner = TaskRunner("foo", Registry())
-    with pytest.raises(TaskArgumentError, match=r"pyrokv.tasks.get\(bucket.*too many positional"):
+    with pytest.raises(
+        TaskArgumentError, match=r"pyrokv.tasks.get\(bucket.*too many positional"
+    ):
         runner.run("pyrokv.tasks.get", ["b", "k", "extra"])
     assert isinstance(TaskArgumentError("x"), TypeError)
 

@@ -33,15 +33,24 @@ def listen_address(child: Child) -> str:
 
 
 @pytest.fixture(name="pair")
-def _pair(ns: tuple[str, int], unique: str, request: pytest.FixtureRequest) -> Iterator[Pair]:
+def _pair(
+    ns: tuple[str, int], unique: str, request: pytest.FixtureRequest
+) -> Iterator[Pair]:
     extra = list(getattr(request, "param", ()))
     a, b = f"a{unique}", f"b{unique}"
     table = f"a..m={a}, n..z={b}"
     children: dict[str, Child] = {}
     try:
         for name in (a, b):
-            children[name] = spawn_node(name, ns, table, extra=["--listen", "127.0.0.1:0", "--timeout", "3", *extra])
-        yield Pair(a, b, listen_address(children[a]), listen_address(children[b]), children)
+            children[name] = spawn_node(
+                name,
+                ns,
+                table,
+                extra=["--listen", "127.0.0.1:0", "--timeout", "3", *extra],
+            )
+        yield Pair(
+            a, b, listen_address(children[a]), listen_address(children[b]), children
+        )
     finally:
         for child in children.values():
             child.stop()
@@ -50,7 +59,12 @@ def _pair(ns: tuple[str, int], unique: str, request: pytest.FixtureRequest) -> I
 def stored(pair: Pair) -> None:
     """Store data on both nodes that every bad-input test checks afterwards."""
     with Conn(pair.a_addr) as c:
-        for request in ("CREATE apples", "PUT apples k kept", "CREATE zebras", "PUT zebras k kept"):
+        for request in (
+            "CREATE apples",
+            "PUT apples k kept",
+            "CREATE zebras",
+            "PUT zebras k kept",
+        ):
             assert c.ask(request) == b"OK"
 
 
@@ -81,7 +95,9 @@ def test_guide_transcript_local_and_routed(pair: Pair) -> None:
             assert c.ask("GET 1abc milk") == (
                 f"ERROR could not find entry for '1abc' in table [a..m -> {pair.a}, n..z -> {pair.b}]".encode()
             )
-            assert c.ask("GET shopping milk") == b"|OK"  # still usable after every reply
+            assert (
+                c.ask("GET shopping milk") == b"|OK"
+            )  # still usable after every reply
 
 
 def test_bare_newlines_are_accepted(pair: Pair) -> None:
@@ -96,7 +112,9 @@ def test_long_line_is_refused_and_closed_without_running_any_of_it(pair: Pair) -
     stored(pair)
     with Conn(pair.a_addr) as c:
         value = b"x" * 70_000
-        c.send(b"PUT apples k " + value + b" PUT apples k cut\r\nPUT apples k after\r\n")
+        c.send(
+            b"PUT apples k " + value + b" PUT apples k cut\r\nPUT apples k after\r\n"
+        )
         assert c.line() == b"ERROR line too long"
         assert c.closed(5)
     intact(pair)
@@ -142,7 +160,9 @@ def test_connect_and_close_probes_do_not_stop_the_node(pair: Pair) -> None:
     for i in range(300):
         s = socket.create_connection((host, int(port)), timeout=5)
         if i % 2:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")  # RST
+            s.setsockopt(
+                socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
+            )  # RST
         s.close()
     intact(pair)
     assert pair.children[pair.a].alive()
@@ -167,7 +187,10 @@ def test_pipelined_commands_are_answered_in_order(pair: Pair) -> None:
         batch = [b"CREATE apples", b"CREATE zebras"]
         for i in range(100):
             bucket = b"apples" if i % 3 else b"zebras"
-            batch += [b"PUT " + bucket + b" k%d %d" % (i, i), b"GET " + bucket + b" k%d" % i]
+            batch += [
+                b"PUT " + bucket + b" k%d %d" % (i, i),
+                b"GET " + bucket + b" k%d" % i,
+            ]
         c.send(b"\r\n".join(batch) + b"\r\n")
         replies = [c.line() for _ in range(2 + 100 * 3)]
         expected = [b"OK", b"OK"]
@@ -218,7 +241,9 @@ def test_hundreds_of_concurrent_connections_are_served(pair: Pair) -> None:
     conns = [Conn(pair.a_addr if i % 2 else pair.b_addr) for i in range(250)]
     try:
         for i, c in enumerate(conns):
-            c.send(b"GET apples k\r\nGET zebras k\r\n" if i % 2 else b"GET zebras k\r\n")
+            c.send(
+                b"GET apples k\r\nGET zebras k\r\n" if i % 2 else b"GET zebras k\r\n"
+            )
         for i, c in enumerate(conns):
             assert c.line() == b"kept" and c.line() == b"OK"
             if i % 2:
@@ -235,7 +260,9 @@ def test_a_hung_owner_does_not_block_local_buckets(pair: Pair) -> None:
     bar = pair.children[pair.b]
     os.kill(bar.proc.pid, signal.SIGSTOP)
     try:
-        waiting = [Conn(pair.a_addr) for _ in range(40)]  # more than the 32 route workers
+        waiting = [
+            Conn(pair.a_addr) for _ in range(40)
+        ]  # more than the 32 route workers
         try:
             started = time.monotonic()
             for c in waiting:
@@ -247,7 +274,9 @@ def test_a_hung_owner_does_not_block_local_buckets(pair: Pair) -> None:
             for c in waiting:
                 reply = c.line()
                 assert reply.startswith(f"ERROR node '{pair.b}'".encode()), reply
-                assert b"did not answer within" in reply or b"not reached in time" in reply
+                assert (
+                    b"did not answer within" in reply or b"not reached in time" in reply
+                )
             assert time.monotonic() - started < 6
         finally:
             for c in waiting:

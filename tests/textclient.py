@@ -37,7 +37,11 @@ class Conn:
             request = request.encode()
         self.send(request + b"\r\n")
         first = self.line()
-        if request.startswith(b"GET ") and first not in (b"NOT FOUND", b"<closed>", b"UNKNOWN COMMAND") and not first.startswith(b"ERROR"):
+        if (
+            request.startswith(b"GET ")
+            and first not in (b"NOT FOUND", b"<closed>", b"UNKNOWN COMMAND")
+            and not first.startswith(b"ERROR")
+        ):
             second = self.line()
             assert second == b"OK", (first, second)
             return first + b"|OK"
@@ -52,7 +56,7 @@ class Conn:
                 try:
                     if not self.sock.recv(65536):
                         return True
-                except socket.timeout:
+                except TimeoutError:
                     continue
                 except ConnectionResetError:
                     return True
