@@ -21,6 +21,7 @@ from .protocol import DEFAULT_MAX_LINE
 from .runner import DEFAULT_ALLOW, check_module_name
 from .server import DEFAULT_IDLE_TIMEOUT
 from .table import RoutingTable
+from .wire import DEFAULT_WORKERS
 
 __all__ = ["main"]
 
@@ -115,6 +116,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="close text connections idle this long "
         f"(default {DEFAULT_IDLE_TIMEOUT:g})",
     )
+    p.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="Pyro5 worker threads; each connection into the node holds one "
+        f"(default {DEFAULT_WORKERS})",
+    )
 
     p = commands.add_parser(
         "call",
@@ -196,11 +204,13 @@ def _nameserver(args: argparse.Namespace, settings: Settings) -> int:
     import Pyro5.nameserver
 
     from .node import wait_for_signal
-    from .wire import setup_pyro
+    from .wire import accept_serpent_only, setup_pyro
 
     setup_pyro()
+    accept_serpent_only()
     host = args.host or settings.ns_host
     port = settings.ns_port if args.port is None else args.port
+    _warn_if_exposed("the name server", host)
     try:
         uri, daemon, _ = Pyro5.nameserver.start_ns(host, port, enableBroadcast=False)
     except OSError as exc:
@@ -231,8 +241,10 @@ def _node(args: argparse.Namespace, settings: Settings) -> int:
     listen = None if args.listen is None else parse_address(args.listen, "--listen")
     max_line = node.max_line if args.max_line is None else args.max_line
     idle = node.idle_timeout if args.idle_timeout is None else args.idle_timeout
-    if max_line < 1 or not idle > 0:
-        raise ConfigError("--max-line and --idle-timeout must be positive")
+    workers = node.workers if args.workers is None else args.workers
+    if max_line < 1 or not idle > 0 or workers < 1:
+        raise ConfigError("--max-line, --idle-timeout and --workers must be positive")
+    _warn_if_exposed(f"node {args.name!r}", args.host or node.host, listen)
     return serve_node(
         args.name,
         table,
@@ -245,7 +257,33 @@ def _node(args: argparse.Namespace, settings: Settings) -> int:
         listen=listen,
         max_line=max_line,
         idle_timeout=idle,
+        workers=workers,
     )
+
+
+_LOOPBACK = ("127.", "localhost", "::1")
+
+
+def _warn_if_exposed(
+    what: str, host: str, listen: tuple[str, int] | None = None, tls: bool = False
+) -> None:
+    """Warn on stderr when a service binds beyond this machine without protection."""
+    if not host.startswith(_LOOPBACK) and not tls:
+        print(
+            f"pyrokv: warning: {what} serves Pyro5 on {host} without TLS: anyone who "
+            "can reach that address can read and change every bucket and run "
+            "allowlisted tasks; use --tls-cert/--tls-key/--tls-ca, or bind 127.0.0.1",
+            file=sys.stderr,
+            flush=True,
+        )
+    if listen is not None and not listen[0].startswith(_LOOPBACK):
+        print(
+            f"pyrokv: warning: {what} serves the text protocol on "
+            f"{listen[0]}:{listen[1]}: it has no authentication and no encryption; "
+            "anyone who can reach it can read and change every bucket",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def _literal(text: str) -> Any:

@@ -21,6 +21,7 @@ from .router import DEFAULT_HOP_LIMIT, DEFAULT_TIMEOUT
 from .runner import DEFAULT_ALLOW, check_module_name
 from .server import DEFAULT_IDLE_TIMEOUT
 from .table import RoutingTable, check_node_name
+from .wire import DEFAULT_WORKERS
 
 __all__ = ["DEFAULT_CONFIG", "NodeSettings", "Settings", "load_settings"]
 
@@ -53,6 +54,7 @@ class NodeSettings:
     allow: tuple[str, ...] = DEFAULT_ALLOW
     max_line: int = DEFAULT_MAX_LINE
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT
+    workers: int = DEFAULT_WORKERS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,6 +117,7 @@ class Settings:
             lines.append(f"allow = {', '.join(node.allow)}")
             lines.append(f"max_line = {node.max_line}")
             lines.append(f"idle_timeout = {node.idle_timeout:g}")
+            lines.append(f"workers = {node.workers}")
         return "\n".join(lines)
 
 
@@ -215,7 +218,16 @@ def _node(section: str, items: dict[str, str], where: str) -> NodeSettings:
     name = _value("section name", at, section[len("node") :].strip(), check_node_name)
     _known(
         items,
-        {"host", "port", "listen", "table", "allow", "max_line", "idle_timeout"},
+        {
+            "host",
+            "port",
+            "listen",
+            "table",
+            "allow",
+            "max_line",
+            "idle_timeout",
+            "workers",
+        },
         section,
         where,
     )
@@ -234,6 +246,8 @@ def _node(section: str, items: dict[str, str], where: str) -> NodeSettings:
         fields["idle_timeout"] = _value(
             "idle_timeout", at, items["idle_timeout"], _seconds
         )
+    if "workers" in items:
+        fields["workers"] = _value("workers", at, items["workers"], _positive)
     if "allow" in items:
         modules = [m.strip() for m in items["allow"].split(",") if m.strip()]
         fields["allow"] = tuple(

@@ -34,6 +34,8 @@ def _node_args(node: NodeSettings, settings: Settings) -> list[str]:
         str(node.max_line),
         "--idle-timeout",
         f"{node.idle_timeout:g}",
+        "--workers",
+        str(node.workers),
     ]
     for module in node.allow:
         args += ["--allow", module]

@@ -14,6 +14,7 @@ import threading
 from collections.abc import Iterable
 from typing import Any
 
+import Pyro5.api
 import Pyro5.errors
 from Pyro5.api import Daemon, Proxy
 
@@ -25,7 +26,7 @@ from .router import DEFAULT_HOP_LIMIT, DEFAULT_TIMEOUT, Router
 from .runner import DEFAULT_ALLOW, TaskRunner
 from .server import DEFAULT_IDLE_TIMEOUT, TextServer
 from .table import RoutingTable, check_node_name
-from .wire import setup_pyro
+from .wire import DEFAULT_WORKERS, accept_serpent_only, setup_pyro
 
 __all__ = ["NodeHandle", "serve_node", "start_node", "wait_for_signal"]
 
@@ -131,6 +132,7 @@ def start_node(
     listen: tuple[str, int] | None = None,
     max_line: int = DEFAULT_MAX_LINE,
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+    workers: int = DEFAULT_WORKERS,
 ) -> NodeHandle:
     """Start node ``name`` in this process and register it; return its handle.
 
@@ -142,6 +144,8 @@ def start_node(
     setup_pyro()
     check_node_name(name)
     stale = _refuse_if_live(name, ns, timeout)
+    # Pyro5 reads the pool size from its global config: process-wide.
+    Pyro5.api.config.THREADPOOL_SIZE = workers
     try:
         daemon = Daemon(host=host, port=port)
     except OSError as exc:
@@ -233,7 +237,12 @@ def wait_for_signal() -> None:
 def serve_node(
     name: str, table: RoutingTable, ns: tuple[str, int], **options: Any
 ) -> int:
-    """Run node ``name`` until SIGTERM or Ctrl-C (``pyrokv node``); return the exit code."""
+    """Run node ``name`` until SIGTERM or Ctrl-C (``pyrokv node``); return the exit code.
+
+    The process accepts serpent only (see :func:`pyrokv.wire.accept_serpent_only`).
+    """
+    setup_pyro()
+    accept_serpent_only()
     with start_node(name, table, ns, **options) as handle:
         if handle.text is not None:
             host, port = handle.text.address

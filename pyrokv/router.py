@@ -14,6 +14,7 @@ import itertools
 import threading
 import time
 import types
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -28,12 +29,29 @@ from .errors import (
     TaskNotAllowedError,
 )
 from .table import RoutingTable
-from .wire import setup_pyro
+from .wire import PEER_IDLE_TIMEOUT, setup_pyro
 
 __all__ = ["DEFAULT_HOP_LIMIT", "DEFAULT_TIMEOUT", "Router", "task_name"]
 
 DEFAULT_TIMEOUT = 5.0
 DEFAULT_HOP_LIMIT = 16
+#: A proxy unused for this long is reconnected before its next call: the node at
+#: the other end closes connections idle for PEER_IDLE_TIMEOUT (60 s).
+RECONNECT_IDLE = PEER_IDLE_TIMEOUT / 2
+
+
+class _Held:
+    """One thread's proxies: {node: [proxy, epoch, last used]}.
+
+    The router keeps only a weak reference, so when a worker thread ends, its
+    proxies are collected and their connections closed.
+    """
+
+    __slots__ = ("__weakref__", "proxies")
+
+    def __init__(self) -> None:
+        self.proxies: dict[str, list[Any]] = {}
+
 
 LocalRunner = Callable[[str, Sequence[Any], "dict[str, Any] | None"], Any]
 
@@ -92,8 +110,8 @@ class Router:
         self._uris: dict[str, tuple[Any, int]] = {}
         self._epochs = itertools.count(1)
         self._threads = threading.local()
-        # Every thread's {node: (proxy, epoch)}, so close() reaches them all.
-        self._held: list[dict[str, tuple[Any, int]]] = []
+        # Every live thread's proxies, so close() reaches them all.
+        self._held: weakref.WeakSet[_Held] = weakref.WeakSet()
         self._held_lock = threading.Lock()
 
     @property
@@ -242,19 +260,23 @@ class Router:
         A Pyro5 proxy belongs to one thread, so each thread keeps its own; the
         resolved address is shared.
         """
-        held: dict[str, tuple[Any, int]] | None = getattr(
-            self._threads, "proxies", None
-        )
+        held: _Held | None = getattr(self._threads, "held", None)
         if held is None:
-            held = self._threads.proxies = {}
+            held = self._threads.held = _Held()
             with self._held_lock:
-                self._held.append(held)
+                self._held.add(held)
         known = self._uris.get(owner)
-        mine = held.get(owner)
+        mine = held.proxies.get(owner)
         if mine is not None:
-            if known is not None and mine[1] == known[1]:
+            now = time.monotonic()
+            if (
+                known is not None
+                and mine[1] == known[1]
+                and now - mine[2] < RECONNECT_IDLE
+            ):
+                mine[2] = now
                 return mine[0]
-            del held[owner]
+            del held.proxies[owner]
             mine[0]._pyroRelease()
         fresh = known is None
         if known is None:
@@ -278,7 +300,7 @@ class Router:
                 ) from exc
             # The cached address may be from before a restart: look it up again.
             return self._proxy(owner, deadline)
-        held[owner] = (proxy, known[1])
+        held.proxies[owner] = [proxy, known[1], time.monotonic()]
         return proxy
 
     def _resolve(self, owner: str, deadline: float) -> tuple[Any, int]:
@@ -309,9 +331,9 @@ class Router:
         """Close every connection this router opened (from any thread)."""
         with self._held_lock:
             held = list(self._held)
-        for proxies in held:
-            for proxy, _epoch in list(proxies.values()):
+        for each in held:
+            for proxy, _epoch, _used in list(each.proxies.values()):
                 proxy._pyroClaimOwnership()
                 proxy._pyroRelease()
-            proxies.clear()
+            each.proxies.clear()
         self._uris.clear()
