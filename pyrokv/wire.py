@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import Pyro5.api
 
@@ -51,14 +52,32 @@ def accept_serpent_only() -> None:
     """Make this process's Pyro5 daemons refuse every serializer but serpent.
 
     A Pyro5 daemon decodes whatever serializer the client picks, marshal included
-    (documented as unsafe on untrusted data), and has no setting to limit it. With
-    the other serializers gone from ``serializers_by_id``, a message in one of them
-    fails its lookup before any decoding, and the daemon closes that connection.
-    Process-wide: ``pyrokv node`` and ``pyrokv nameserver`` call it at start-up.
+    (documented as unsafe on untrusted data), and has no setting to limit it. This
+    wraps ``Pyro5.protocol.recv_stub``, which reads every message's header before its
+    body is decoded: a connect or call message in another serializer raises
+    ``SecurityError`` there, so its body is never decoded. Pyro5 then answers a
+    connect with "connection rejected" and the reason, and closes a call's
+    connection. Only messages a daemon receives are checked (connect and invoke);
+    replies this process receives as a client are not. Process-wide and idempotent:
+    ``pyrokv node`` and ``pyrokv nameserver`` call it at start-up.
     """
-    from Pyro5 import serializers
+    from Pyro5 import errors, protocol, serializers
 
+    original = protocol.recv_stub
+    if getattr(original, "pyrokv_serpent_only", False):
+        return
     serpent_id = serializers.serializers["serpent"].serializer_id
-    for key in list(serializers.serializers_by_id):
-        if key != serpent_id:
-            del serializers.serializers_by_id[key]
+    checked = (protocol.MSG_CONNECT, protocol.MSG_INVOKE)
+
+    def recv_stub(connection: Any, accepted_msgtypes: Any = None) -> Any:
+        msg = original(connection, accepted_msgtypes)
+        if msg.type in checked and msg.serializer_id != serpent_id:
+            raise errors.SecurityError(
+                "pyrokv accepts the serpent serializer only (this message used "
+                f"serializer id {msg.serializer_id}); set the proxy's serializer "
+                "to serpent"
+            )
+        return msg
+
+    recv_stub.pyrokv_serpent_only = True  # type: ignore[attr-defined]
+    protocol.recv_stub = recv_stub
