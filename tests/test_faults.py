@@ -193,7 +193,7 @@ def test_forbidden_tasks_run_nothing_on_the_node(
         "pyrokv.tasks.current.__code__",
         "pyrokv.registry.Registry.put",
         "posix.system",
-        "pyrokv.tasks.gеt",  # a Cyrillic е
+        "pyrokv.tasks.g\u0435t",  # a Cyrillic ie, not an e
     ]
     with Client(guide, via="foo") as kv:
         for name in names:
