@@ -315,6 +315,11 @@ class Router:
                 f"node {owner!r} is not registered in the name server at "
                 f"{host}:{port}: start it with 'pyrokv node {owner}'"
             ) from exc
+        except Pyro5.errors.TimeoutError as exc:
+            raise NodeUnavailableError(
+                f"node {owner!r} was not reached in time: the name server at "
+                f"{host}:{port} did not say where it is within {timeout:.1f}s"
+            ) from exc
         except Pyro5.errors.CommunicationError as exc:
             raise NodeUnavailableError(
                 f"cannot reach the name server at {host}:{port} to find node "

@@ -50,6 +50,7 @@ class _Connection(asyncio.Protocol):
         self.closing = False
         self.paused = False
         self.idle: asyncio.TimerHandle | None = None
+        self.active = 0.0
 
     # -- asyncio callbacks ----------------------------------------------------
 
@@ -177,14 +178,24 @@ class _Connection(asyncio.Protocol):
             transport.resume_reading()
 
     def _touch(self) -> None:
-        if self.idle is not None:
-            self.idle.cancel()
-        self.idle = self.server.loop.call_later(self.server.idle_timeout, self._expire)
+        # Activity only moves a timestamp; the one timer checks it when it fires.
+        # (Re-arming a timer on every request costs more than the request itself.)
+        loop = self.server.loop
+        self.active = loop.time()
+        if self.idle is None:
+            self.idle = loop.call_at(
+                self.active + self.server.idle_timeout, self._expire
+            )
 
     def _expire(self) -> None:
-        if self.waiting:  # a routed request is still running: it has its own timeout
-            self._touch()
+        loop = self.server.loop
+        due = self.active + self.server.idle_timeout
+        if self.waiting or due > loop.time():
+            # active since the timer was set, or a routed request is still running
+            # (it has its own timeout): look again later
+            self.idle = loop.call_at(max(due, loop.time() + 1.0), self._expire)
             return
+        self.idle = None
         if self.transport is not None and not self.closing:
             self.closing = True
             self.transport.write(b"ERROR idle timeout, closing\r\n")

@@ -8,6 +8,7 @@ import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from textclient import Conn
@@ -54,6 +55,20 @@ def _pair(
     finally:
         for child in children.values():
             child.stop()
+
+
+def wait_stopped(pid: int, timeout: float = 5.0) -> None:
+    """Wait until every thread of ``pid`` is stopped (state T), with a deadline."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        states = {
+            (task / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            for task in Path(f"/proc/{pid}/task").iterdir()
+        }
+        if states <= {"T", "t"}:
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"process {pid} did not stop within {timeout}s")
 
 
 def stored(pair: Pair) -> None:
@@ -259,6 +274,7 @@ def test_a_hung_owner_does_not_block_local_buckets(pair: Pair) -> None:
     stored(pair)
     bar = pair.children[pair.b]
     os.kill(bar.proc.pid, signal.SIGSTOP)
+    wait_stopped(bar.proc.pid)
     try:
         waiting = [
             Conn(pair.a_addr) for _ in range(40)
