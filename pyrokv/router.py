@@ -193,6 +193,48 @@ class Router:
         path: list[str],
         limit: float,
     ) -> Any:
+        return self._call(
+            owner,
+            path,
+            limit,
+            lambda proxy, inner: proxy.route(
+                bucket, func, list(args), kwargs or {}, path, inner
+            ),
+        )
+
+    def forward_batch(
+        self, owner: str, items: Sequence[Sequence[Any]], timeout: float | None = None
+    ) -> list[list[Any]]:
+        """Send several requests for ``owner``'s buckets in one Pyro5 call.
+
+        ``items`` are ``[bucket, func, args]``; the result has one ``[ok, value]`` per
+        item, where ``value`` is the result, or the exception when ``ok`` is False.
+        A failure to reach ``owner`` raises, for the whole batch. Used by the text
+        server to coalesce concurrent requests for the same owner.
+        """
+        path = [self.node] if self.node is not None else []
+        limit = self.timeout if timeout is None else timeout
+        result: list[list[Any]] = self._call(
+            owner,
+            path,
+            limit,
+            lambda proxy, inner: proxy.route_batch(
+                [list(i) for i in items], path, inner
+            ),
+        )
+        return result
+
+    def _call(
+        self,
+        owner: str,
+        path: list[str],
+        limit: float,
+        send: Callable[[Any, float], Any],
+    ) -> Any:
+        """Call ``send(proxy, inner_budget)`` on ``owner``'s TaskRunner, within ``limit``.
+
+        Translates every Pyro5 error into a pyrokv error, here at the edge.
+        """
         if limit <= 0:
             raise NodeUnavailableError(
                 f"node {owner!r} was not reached in time: the request's time ran out "
@@ -204,7 +246,7 @@ class Router:
             proxy = self._proxy(owner, deadline)
             proxy._pyroTimeout = max(deadline - time.monotonic(), 0.001)
             try:
-                return proxy.route(bucket, func, list(args), kwargs or {}, path, inner)
+                return send(proxy, inner)
             except Pyro5.errors.SerializeError as exc:
                 raise PyroKVError(
                     f"node {owner!r} answered with something this process cannot "

@@ -300,3 +300,33 @@ def test_pyrokv_error_base_catches_all(guide: tuple[str, int]) -> None:
     """Every routed failure is a PyroKVError."""
     with pytest.raises(PyroKVError):
         ask(guide, "foo", "", "pyrokv.tasks.node_name")
+
+
+def test_a_batch_carries_results_and_errors_per_item(
+    guide: tuple[str, int], unique: str
+) -> None:
+    """forward_batch sends several requests in one call; each keeps its own result or error class."""
+    router = Router(RoutingTable(), None, ns=guide)
+    bucket = f"z{unique}"
+    try:
+        results = router.forward_batch(
+            "bar",
+            [
+                [bucket, "pyrokv.tasks.create", [bucket]],
+                [bucket, "pyrokv.tasks.put", [bucket, "k", "v"]],
+                [bucket, "pyrokv.tasks.get", [bucket, "k"]],
+                ["znosuch", "pyrokv.tasks.get", ["znosuch", "k"]],
+                ["apple", "pyrokv.tasks.node_name", []],  # bar forwards this one to foo
+                ["1x", "pyrokv.tasks.node_name", []],
+                [bucket, "os.system", ["true"]],
+            ],
+        )
+    finally:
+        router.close()
+    assert results[:3] == [[True, None], [True, None], [True, "v"]]
+    assert results[4] == [True, "foo"]
+    assert [type(value) for ok, value in results if not ok] == [
+        BucketNotFoundError,
+        NoRouteError,
+        TaskNotAllowedError,
+    ]
