@@ -9,12 +9,21 @@ import Pyro5.api
 
 from .errors import register_with_pyro
 
-__all__ = ["DEFAULT_WORKERS", "PEER_IDLE_TIMEOUT", "accept_serpent_only", "setup_pyro"]
+__all__ = [
+    "DEFAULT_WORKERS",
+    "MAX_MESSAGE_SIZE",
+    "PEER_IDLE_TIMEOUT",
+    "accept_serpent_only",
+    "setup_pyro",
+]
 
 #: A connection into a node's Pyro5 daemon that carries no request for this long is
 #: closed by the node, so idle or half-open peers cannot hold its worker threads.
 #: Routers reconnect on their own after half of it (see router.RECONNECT_IDLE).
 PEER_IDLE_TIMEOUT = 60.0
+#: The largest Pyro5 message a process accepts (Pyro5's default is 1 GiB, which
+#: lets one peer make a node allocate that much before anything is checked).
+MAX_MESSAGE_SIZE = 64 * 1024 * 1024
 #: Pyro5 worker threads per node; each open connection into the node holds one.
 DEFAULT_WORKERS = 256
 
@@ -30,6 +39,7 @@ def setup_pyro() -> None:
     - ``SOCK_NODELAY``: small request/reply messages go out at once (Nagle's
       algorithm otherwise delays them);
     - every pyrokv error is rebuilt as its own class when it arrives;
+    - ``MAX_MESSAGE_SIZE``: 64 MiB instead of 1 GiB;
     - ``COMMTIMEOUT``: a daemon closes a connection idle for ``PEER_IDLE_TIMEOUT``
       (and a request that stalls half-sent). Proxies set their own timeouts.
     """
@@ -44,6 +54,7 @@ def setup_pyro() -> None:
         config.SERVERTYPE = "thread"
         config.COMMTIMEOUT = PEER_IDLE_TIMEOUT
         config.THREADPOOL_SIZE = DEFAULT_WORKERS
+        config.MAX_MESSAGE_SIZE = MAX_MESSAGE_SIZE
         register_with_pyro()
         _ready = True
 
