@@ -244,12 +244,14 @@ def _node(args: argparse.Namespace, settings: Settings) -> int:
     workers = node.workers if args.workers is None else args.workers
     if max_line < 1 or not idle > 0 or workers < 1:
         raise ConfigError("--max-line, --idle-timeout and --workers must be positive")
-    _warn_if_exposed(f"node {args.name!r}", args.host or node.host, listen)
+    host = args.host or node.host
+    _check_node_host(args.name, host, settings.ns_host)
+    _warn_if_exposed(f"node {args.name!r}", host, listen)
     return serve_node(
         args.name,
         table,
         settings.ns,
-        host=args.host or node.host,
+        host=host,
         port=node.port if args.port is None else args.port,
         allow=allow,
         timeout=settings.timeout,
@@ -264,15 +266,40 @@ def _node(args: argparse.Namespace, settings: Settings) -> int:
 _LOOPBACK = ("127.", "localhost", "::1")
 
 
+def _check_node_host(name: str, host: str, ns_host: str) -> None:
+    """Refuse a bind address others cannot dial; warn when it cannot leave this host.
+
+    A node registers the address it binds: it is what other nodes connect to.
+    """
+    if host in ("0.0.0.0", "::", ""):
+        raise ConfigError(
+            f"node {name!r} cannot register --host {host or repr(host)}: other nodes "
+            "would dial that address; give the address they reach this host by"
+        )
+    if host.startswith(_LOOPBACK) and not ns_host.startswith(_LOOPBACK):
+        print(
+            f"pyrokv: warning: node {name!r} binds {host} but registers with the name "
+            f"server at {ns_host}: nodes on other hosts cannot reach {host}; "
+            "give --host the address they reach this host by",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
 def _warn_if_exposed(
     what: str, host: str, listen: tuple[str, int] | None = None, tls: bool = False
 ) -> None:
     """Warn on stderr when a service binds beyond this machine without protection."""
     if not host.startswith(_LOOPBACK) and not tls:
+        risk = (
+            "register or replace node names and so redirect every request"
+            if what == "the name server"
+            else "read and change every bucket and run allowlisted tasks"
+        )
         print(
             f"pyrokv: warning: {what} serves Pyro5 on {host} without TLS: anyone who "
-            "can reach that address can read and change every bucket and run "
-            "allowlisted tasks; use --tls-cert/--tls-key/--tls-ca, or bind 127.0.0.1",
+            f"can reach that address can {risk}; use --tls-cert/--tls-key/--tls-ca, "
+            "or bind 127.0.0.1",
             file=sys.stderr,
             flush=True,
         )

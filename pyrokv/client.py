@@ -8,6 +8,7 @@ request by its own table, so the client needs no table of its own.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -85,13 +86,16 @@ class Client:
     def node(self) -> str:
         """The node this client sends its requests to."""
         if self._via is None:
-            self._via = self._pick_node()
+            self._via = self._pick_node(time.monotonic() + self._router.timeout)
         return self._via
 
-    def _pick_node(self) -> str:
-        nodes = list_nodes(self._router.ns, self._router.timeout)
+    def _pick_node(self, deadline: float) -> str:
+        nodes = list_nodes(self._router.ns, max(deadline - time.monotonic(), 0.001))
         for node, uri in nodes.items():
-            if node_status(node, uri, min(self._router.timeout, 2.0))["alive"]:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            if node_status(node, uri, min(left, 2.0))["alive"]:
                 return node
         host, port = self._router.ns
         raise NodeUnavailableError(
@@ -106,8 +110,15 @@ class Client:
         args: Sequence[Any] = (),
         kwargs: dict[str, Any] | None = None,
     ) -> Any:
-        """Run an allowlisted task on the node that owns ``bucket``; return its result."""
-        return self._router.via(self.node, bucket, func, args, kwargs)
+        """Run an allowlisted task on the node that owns ``bucket``; return its result.
+
+        The client's timeout bounds the whole call, finding a live node included.
+        """
+        deadline = time.monotonic() + self._router.timeout
+        if self._via is None:
+            self._via = self._pick_node(deadline)
+        left = deadline - time.monotonic()
+        return self._router.via(self._via, bucket, func, args, kwargs, timeout=left)
 
     def create(self, bucket: str) -> None:
         """Create ``bucket`` on its owner (no change if it exists)."""

@@ -11,6 +11,8 @@ exposed method (Pyro5 would drop the caller's connection).
 from __future__ import annotations
 
 import itertools
+import socket
+import struct
 import threading
 import time
 import types
@@ -38,6 +40,9 @@ DEFAULT_HOP_LIMIT = 16
 #: A proxy unused for this long is reconnected before its next call: the node at
 #: the other end closes connections idle for PEER_IDLE_TIMEOUT (60 s).
 RECONNECT_IDLE = PEER_IDLE_TIMEOUT / 2
+
+
+_LINGER_0 = struct.pack("ii", 1, 0)
 
 
 class _Held:
@@ -284,15 +289,15 @@ class Router:
         func: str | Callable[..., Any],
         args: Sequence[Any] = (),
         kwargs: dict[str, Any] | None = None,
+        timeout: float | None = None,
     ) -> Any:
         """Hand a route request to ``node``, which routes it by its own table.
 
         What a client outside the cluster does: it holds no table, and lets the node
         it talks to decide (``pyrokv call --via NODE``).
         """
-        return self._forward(
-            node, bucket, task_name(func), args, kwargs, [], self.timeout
-        )
+        limit = self.timeout if timeout is None else timeout
+        return self._forward(node, bucket, task_name(func), args, kwargs, [], limit)
 
     # -- finding nodes ------------------------------------------------------
 
@@ -327,14 +332,17 @@ class Router:
         proxy._pyroTimeout = max(deadline - time.monotonic(), 0.001)
         try:
             proxy._pyroBind()
-        except Pyro5.errors.TimeoutError as exc:
-            self._forget(owner)
-            raise NodeUnavailableError(
-                f"node {owner!r} at {known[0].location} did not answer within "
-                f"{proxy._pyroTimeout:.1f}s"
-            ) from exc
         except Pyro5.errors.CommunicationError as exc:
             self._forget(owner)
+            # Pyro5 reports a connect that timed out as a plain CommunicationError
+            # caused by a socket timeout: it is the same fault as a slow answer.
+            if isinstance(exc, Pyro5.errors.TimeoutError) or isinstance(
+                exc.__cause__, TimeoutError
+            ):
+                raise NodeUnavailableError(
+                    f"node {owner!r} did not answer within "
+                    f"{proxy._pyroTimeout:.1f}s (connecting to {known[0].location})"
+                ) from exc
             if fresh:
                 raise NodeUnavailableError(
                     f"node {owner!r} is registered at {known[0].location} but is not "
@@ -342,6 +350,10 @@ class Router:
                 ) from exc
             # The cached address may be from before a restart: look it up again.
             return self._proxy(owner, deadline)
+        # Close with a reset, not a FIN: a request that timed out must not sit in
+        # the kernel's send queue and reach the node when the link comes back.
+        sock = proxy._pyroConnection.sock
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_0)
         held.proxies[owner] = [proxy, known[1], time.monotonic()]
         return proxy
 

@@ -288,8 +288,10 @@ class TextServer:
         left = self.router.timeout - (time.monotonic() - min(q for _, _, q in batch))
         items = [[c.bucket, c.task, c.args] for _, c, _ in batch]
         try:
-            if len(items) == 1:  # nothing to coalesce: the plain call is cheaper
-                results = [[True, self.router.route(*items[0], timeout=left)]]
+            if len(batch) == 1:  # nothing to coalesce: the plain call is cheaper
+                one = batch[0][1]
+                value = self.router.route(one.bucket, one.task, one.args, timeout=left)
+                results: list[list[Any]] = [[True, value]]
             else:
                 results = self.router.forward_batch(owner, items, timeout=left)
         except Exception as exc:  # owner unreachable: the same error for all
