@@ -11,11 +11,14 @@ from .errors import ConfigError
 __all__ = [
     "NODE_METADATA",
     "NS_OBJECT",
+    "TEXT_METADATA",
     "node_of",
     "ns_proxy",
     "parse_address",
     "registry_name",
     "tasks_name",
+    "text_address",
+    "text_metadata",
 ]
 
 #: Metadata on both of a node's registrations: ``list(metadata_all={NODE_METADATA})``.
@@ -33,6 +36,26 @@ def registry_name(node: str) -> str:
 def tasks_name(node: str) -> str:
     """``pyrokv.<node>.tasks``: the node's TaskRunner."""
     return f"{_PREFIX}{node}.tasks"
+
+
+#: Metadata prefix on a node's tasks registration: where it serves the text protocol.
+TEXT_METADATA = "pyrokv.text="
+
+
+def text_metadata(host: str, port: int) -> str:
+    """The metadata string that says a node serves the text protocol at host:port."""
+    return f"{TEXT_METADATA}{host}:{port}"
+
+
+def text_address(metadata: object) -> tuple[str, int] | None:
+    """The text address in a node's registration metadata, if it has one."""
+    for item in metadata or ():  # type: ignore[attr-defined]
+        if isinstance(item, str) and item.startswith(TEXT_METADATA):
+            try:
+                return parse_address(item[len(TEXT_METADATA) :])
+            except ValueError:
+                return None
+    return None
 
 
 def node_of(name: str) -> str | None:

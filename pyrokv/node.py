@@ -73,6 +73,8 @@ class NodeHandle:
         host, port = self.ns
         with naming.ns_proxy(host, port, self.router.timeout) as ns:
             metadata = {naming.NODE_METADATA}
+            if self.text is not None:
+                metadata.add(naming.text_metadata(*self.text.address))
             ns.register(
                 naming.tasks_name(self.name), self.uri, safe=safe, metadata=metadata
             )

@@ -26,6 +26,9 @@ __all__ = [
     "UNKNOWN",
     "Command",
     "error_reply",
+    "forward_line",
+    "framed",
+    "parse_forwarded",
     "parse_line",
     "reply_for",
     "value_reply",
@@ -97,6 +100,32 @@ def error_reply(exc: BaseException) -> bytes:
     text = str(exc) if isinstance(exc, PyroKVError) else f"{type(exc).__name__}: {exc}"
     text = " ".join(text.split())  # one line, whatever the message holds
     return b"ERROR " + text.encode("utf-8", "backslashreplace") + b"\r\n"
+
+
+def forward_line(budget: float, path: list[str], line: bytes) -> bytes:
+    """A request forwarded node to node: ``FWD <ms left> <path> <original line>``."""
+    return b"FWD %d %s %s\r\n" % (
+        max(int(budget * 1000), 0),
+        ",".join(path).encode("ascii"),
+        line.rstrip(b"\r\n"),
+    )
+
+
+def parse_forwarded(line: bytes) -> tuple[float, list[str], bytes] | None:
+    """Read a ``FWD`` line into (seconds left, nodes visited, original line)."""
+    parts = line.split(b" ", 3)
+    if len(parts) != 4 or not parts[1].isdigit() or not parts[2]:
+        return None
+    try:
+        path = parts[2].decode("ascii").split(",")
+    except UnicodeDecodeError:
+        return None
+    return int(parts[1]) / 1000, path, parts[3]
+
+
+def framed(reply: bytes) -> bytes:
+    """A reply to a ``FWD`` line: its length on a line of its own, then the reply."""
+    return b"%d\r\n%s" % (len(reply), reply)
 
 
 def reply_for(command: Command, result: Any) -> bytes:

@@ -113,6 +113,7 @@ class Router:
         # node -> (uri, epoch). Shared by all threads; a failed call drops the entry,
         # and every thread's proxy from an older epoch is then rebuilt.
         self._uris: dict[str, tuple[Any, int]] = {}
+        self._text: dict[str, tuple[str, int] | None] = {}
         self._epochs = itertools.count(1)
         self._threads = threading.local()
         # Every live thread's proxies, so close() reaches them all.
@@ -171,9 +172,23 @@ class Router:
         started = time.monotonic()
         if self.node is not None:
             path = [*path, self.node]
+        owner = self.next_hop(bucket, path)
+        if owner is None:
+            return self.local(task_name(func), args, kwargs)  # type: ignore[misc]
+        limit = self.timeout if budget is None else min(float(budget), self.timeout)
+        limit -= time.monotonic() - started
+        return self._forward(owner, bucket, func, args, kwargs, path, limit)
+
+    def next_hop(self, bucket: str | bytes, path: Sequence[str]) -> str | None:
+        """The node a request for ``bucket`` goes to next; None when it runs here.
+
+        ``path`` lists the nodes visited, this one last. A next hop already in the
+        path is a loop (same node, same table, same bucket: it would go round
+        forever); a path longer than the hop limit is refused too.
+        """
         owner = self._table.owner(bucket)
         if owner == self.node and self.local is not None:
-            return self.local(task_name(func), args, kwargs)
+            return None
         if owner in path:
             raise RoutingLoopError(
                 f"routing loop for bucket {bucket!r}: {' -> '.join([*path, owner])}; "
@@ -184,9 +199,38 @@ class Router:
                 f"bucket {bucket!r} passed the hop limit of {self.hop_limit}: "
                 f"{' -> '.join([*path, owner])}"
             )
-        limit = self.timeout if budget is None else min(float(budget), self.timeout)
-        limit -= time.monotonic() - started
-        return self._forward(owner, bucket, func, args, kwargs, path, limit)
+        return owner
+
+    def text_address(self, owner: str) -> tuple[str, int] | None:
+        """Where ``owner`` serves the text protocol, from its registration; None if not.
+
+        Blocking (a name-server call); cached until :meth:`forget_text`.
+        """
+        if owner in self._text:
+            return self._text[owner]
+        host, port = self.ns
+        try:
+            with naming.ns_proxy(host, port, self.timeout) as ns:
+                _uri, metadata = ns.lookup(
+                    naming.tasks_name(owner), return_metadata=True
+                )
+        except Pyro5.errors.NamingError as exc:
+            raise NodeUnavailableError(
+                f"node {owner!r} is not registered in the name server at "
+                f"{host}:{port}: start it with 'pyrokv node {owner}'"
+            ) from exc
+        except Pyro5.errors.CommunicationError as exc:
+            raise NodeUnavailableError(
+                f"cannot reach the name server at {host}:{port} to find node "
+                f"{owner!r}: {exc}"
+            ) from exc
+        address = naming.text_address(metadata)
+        self._text[owner] = address
+        return address
+
+    def forget_text(self, owner: str) -> None:
+        """Drop the cached text address of ``owner`` (its link failed)."""
+        self._text.pop(owner, None)
 
     def _forward(
         self,

@@ -19,6 +19,7 @@ import time
 from typing import Any
 
 from . import protocol
+from .peer import Forward, PeerLanes
 from .protocol import Command
 from .router import Router
 
@@ -119,6 +120,7 @@ class _Connection(asyncio.Protocol):
 
     too_long = False
     eof = False
+    framed = False  # the request in flight came as FWD: frame its reply
 
     def _run(self) -> None:
         """Answer queued lines in order until one must wait for another node."""
@@ -134,6 +136,9 @@ class _Connection(asyncio.Protocol):
                 out.append(protocol.LINE_TOO_LONG)
                 self.closing = True
                 break
+            if line.startswith(b"FWD "):  # forwarded by another node
+                self._run_forwarded(line, out)
+                continue
             command = protocol.parse_line(line)
             if command is None:
                 out.append(protocol.UNKNOWN)
@@ -151,8 +156,7 @@ class _Connection(asyncio.Protocol):
                 else:
                     out.append(protocol.reply_for(command, result))
             else:
-                self.waiting = True
-                self.server.forward(self, command, owner)
+                self._forward(command, line, [], router.timeout, out)
         if out:
             transport.write(b"".join(out))
         if self.closing or (self.eof and not queue and not self.waiting):
@@ -160,9 +164,63 @@ class _Connection(asyncio.Protocol):
         elif self.paused and len(queue) <= _MAX_QUEUED // 2:
             self._resume()
 
+    def _run_forwarded(self, line: bytes, out: list[bytes]) -> None:
+        """Answer a ``FWD`` line: route it by this node's table; reply framed."""
+        router = self.server.router
+        parsed = protocol.parse_forwarded(line)
+        command = None if parsed is None else protocol.parse_line(parsed[2])
+        if parsed is None or command is None:
+            out.append(protocol.framed(protocol.UNKNOWN))
+            return
+        budget, upstream, inner = parsed
+        try:
+            owner = router.next_hop(command.bucket, [*upstream, self.server.node])
+            if owner is None:
+                reply = protocol.reply_for(
+                    command,
+                    router.local(command.task, command.args, None),  # type: ignore[misc]
+                )
+            else:
+                self.framed = True
+                self._forward(command, inner, upstream, budget, out)
+                return
+        except Exception as exc:
+            reply = protocol.error_reply(exc)
+        out.append(protocol.framed(reply))
+
+    def _forward(
+        self,
+        command: Command,
+        line: bytes,
+        upstream: list[str],
+        budget: float,
+        out: list[bytes],
+    ) -> None:
+        """Send ``command`` on towards its owner; this connection waits for it."""
+        router = self.server.router
+        try:
+            path = [*upstream, self.server.node]
+            owner = router.next_hop(command.bucket, path)
+        except Exception as exc:
+            reply = protocol.error_reply(exc)
+            out.append(protocol.framed(reply) if self.framed else reply)
+            self.framed = False
+            return
+        if owner is None:  # the table changed under us: it is ours now
+            owner = self.server.node
+        limit = min(budget, router.timeout)
+        self.waiting = True
+        self.server.forward(
+            owner,
+            Forward(self, command, line, upstream, path, time.monotonic() + limit),
+        )
+
     def routed(self, reply: bytes) -> None:
         """The reply of this connection's routed request (called on the loop)."""
         self.waiting = False
+        if self.framed:
+            reply = protocol.framed(reply)
+            self.framed = False
         if self.transport is None or self.closing:
             return
         self.transport.write(reply)
@@ -218,17 +276,21 @@ class TextServer:
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         route_workers: int = DEFAULT_ROUTE_WORKERS,
+        peer_links: bool = True,
     ) -> None:
+        if router.node is None:
+            raise ValueError("a TextServer needs the router of a node (node=None)")
         self.router = router
+        self.node: str = router.node
         self.max_line = max_line
         self.idle_timeout = idle_timeout
         self.max_connections = max_connections
         self.connections: set[_Connection] = set()
         self.loop = asyncio.new_event_loop()
         self._lock = threading.Lock()
-        self._pending: collections.defaultdict[
-            str, collections.deque[tuple[_Connection, Command, float]]
-        ] = collections.defaultdict(collections.deque)
+        self._pending: collections.defaultdict[str, collections.deque[Forward]] = (
+            collections.defaultdict(collections.deque)
+        )
         self._senders: collections.Counter[str] = collections.Counter()
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=route_workers, thread_name_prefix="pyrokv-route"
@@ -244,27 +306,39 @@ class TextServer:
             self.loop.close()
             raise
         self.address: tuple[str, int] = self._server.sockets[0].getsockname()[:2]
+        self.lanes = (
+            PeerLanes(self.loop, router, self._pool, self._over_pyro)
+            if peer_links
+            else None
+        )
         self._thread = threading.Thread(
             target=self.loop.run_forever, name="pyrokv-text", daemon=True
         )
         self._thread.start()
 
-    def forward(self, conn: _Connection, command: Command, owner: str) -> None:
-        """Queue a command for ``owner``; a sender on the pool takes it there.
+    def forward(self, owner: str, item: Forward) -> None:
+        """Send ``item`` towards ``owner``: on a peer link, else over Pyro5 (on the loop)."""
+        if self.lanes is not None:
+            self.lanes.send(owner, item)
+        else:
+            self._over_pyro(owner, item)
 
-        Commands for the same owner that arrive while a sender is busy travel
+    def _over_pyro(self, owner: str, item: Forward) -> None:
+        """Queue ``item`` for its next hop; a sender on the pool takes it there.
+
+        Requests for the same owner that arrive while a sender is busy travel
         together in its next Pyro5 call (``Router.forward_batch``): one round trip
-        for many clients, which is what lets routed throughput grow with them.
+        for many clients.
         """
         with self._lock:
-            self._pending[owner].append((conn, command, time.monotonic()))
+            self._pending[owner].append(item)
             if self._senders[owner] >= SENDERS_PER_OWNER:
                 return
             self._senders[owner] += 1
         self._pool.submit(self._drain, owner)
 
     def _drain(self, owner: str) -> None:
-        """Send ``owner``'s queued commands in batches until none are left."""
+        """Send ``owner``'s queued requests in batches until none are left."""
         while True:
             with self._lock:
                 pending = self._pending[owner]
@@ -280,33 +354,47 @@ class TextServer:
                     self._senders[owner] -= 1
                 return
 
-    def _send(
-        self, owner: str, batch: list[tuple[_Connection, Command, float]]
-    ) -> list[tuple[_Connection, bytes]]:
-        # The timeout counts from arrival: time spent queued behind other routed
-        # requests (a hung owner holds every pool thread) counts too.
-        left = self.router.timeout - (time.monotonic() - min(q for _, _, q in batch))
-        items = [[c.bucket, c.task, c.args] for _, c, _ in batch]
-        try:
-            if len(batch) == 1:  # nothing to coalesce: the plain call is cheaper
-                one = batch[0][1]
-                value = self.router.route(one.bucket, one.task, one.args, timeout=left)
-                results: list[list[Any]] = [[True, value]]
-            else:
+    def _send(self, owner: str, batch: list[Forward]) -> list[tuple[Any, bytes]]:
+        # Deadlines count from arrival: time spent queued behind other routed
+        # requests (a hung owner holds the senders) counts too.
+        left = min(item.deadline for item in batch) - time.monotonic()
+        singles = [item for item in batch if item.upstream] if len(batch) > 1 else batch
+        together = (
+            [item for item in batch if not item.upstream] if len(batch) > 1 else []
+        )
+        replies: list[tuple[Any, bytes]] = []
+        for item in singles:  # nothing to coalesce: the plain call is cheaper
+            c = item.command
+            try:
+                value = self.router.forwarded(
+                    c.bucket, c.task, c.args, None, item.upstream, left
+                )
+                replies.append((item.conn, protocol.reply_for(c, value)))
+            except Exception as exc:
+                replies.append((item.conn, protocol.error_reply(exc)))
+        if together:
+            items = [
+                [i.command.bucket, i.command.task, i.command.args] for i in together
+            ]
+            try:
                 results = self.router.forward_batch(owner, items, timeout=left)
-        except Exception as exc:  # owner unreachable: the same error for all
-            reply = protocol.error_reply(exc)
-            return [(conn, reply) for conn, _, _ in batch]
-        return [
-            (
-                conn,
-                protocol.reply_for(cmd, value) if ok else protocol.error_reply(value),
-            )
-            for (conn, cmd, _), (ok, value) in zip(batch, results, strict=True)
-        ]
+            except Exception as exc:  # owner unreachable: the same error for all
+                reply = protocol.error_reply(exc)
+                replies += [(item.conn, reply) for item in together]
+            else:
+                replies += [
+                    (
+                        item.conn,
+                        protocol.reply_for(item.command, value)
+                        if ok
+                        else protocol.error_reply(value),
+                    )
+                    for item, (ok, value) in zip(together, results, strict=True)
+                ]
+        return replies
 
     @staticmethod
-    def _deliver(replies: list[tuple[_Connection, bytes]]) -> None:
+    def _deliver(replies: list[tuple[Any, bytes]]) -> None:
         for conn, reply in replies:
             conn.routed(reply)
 
@@ -315,6 +403,8 @@ class TextServer:
 
         async def shutdown() -> None:
             self._server.close()
+            if self.lanes is not None:
+                self.lanes.close()
             for conn in list(self.connections):
                 if conn.transport is not None:
                     conn.transport.abort()

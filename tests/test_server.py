@@ -312,3 +312,111 @@ def test_a_dead_owner_is_an_error_line_and_the_connection_stays(pair: Pair) -> N
         assert reply.startswith(b"ERROR node '" + pair.b.encode() + b"'"), reply
         assert time.monotonic() - started < 4
         assert c.ask("GET apples k") == b"kept|OK"
+
+
+def test_text_requests_forward_over_differing_tables_and_loops_are_caught(
+    ns: tuple[str, int], unique: str
+) -> None:
+    """foo -> bar -> baz over peer links by each node's own table; a loop is an ERROR line."""
+    foo, bar, baz = f"f{unique}", f"b{unique}", f"z{unique}"
+    tables = {
+        foo: f"0..255={bar}",
+        bar: f"a..m={baz}, n..y={bar}, z={foo}",
+        baz: f"0..255={baz}",
+    }
+    children = {}
+    try:
+        for name, table in tables.items():
+            children[name] = spawn_node(
+                name, ns, table, extra=["--listen", "127.0.0.1:0", "--timeout", "3"]
+            )
+        with Conn(listen_address(children[foo])) as c:
+            assert c.ask("CREATE apple") == b"OK"  # foo -> bar -> baz
+            assert c.ask("PUT apple k v") == b"OK"
+            assert c.ask("GET apple k") == b"v|OK"
+            assert c.ask("CREATE night") == b"OK"  # foo -> bar
+            loop = c.ask("GET zoo k")  # foo -> bar -> foo
+            assert (
+                loop
+                == f"ERROR routing loop for bucket 'zoo': {foo} -> {bar} -> {foo}; fix the routing tables so that one node owns the bucket".encode()
+            )
+            # bar's table has no entry for '1': its error comes back through foo
+            assert c.ask("GET 1abc k") == (
+                f"ERROR could not find entry for '1abc' in table [a..m -> {baz}, "
+                f"n..y -> {bar}, z -> {foo}]".encode()
+            )
+        with Conn(listen_address(children[baz])) as c:
+            assert c.ask("GET apple k") == b"v|OK"
+            assert (
+                c.ask("GET night k") == b"NOT FOUND"
+            )  # baz owns every bucket by its table
+        with Conn(listen_address(children[bar])) as c:
+            assert c.ask("GET night k") == b"|OK"
+    finally:
+        for child in children.values():
+            child.stop()
+
+
+def test_an_owner_without_a_text_port_is_reached_over_pyro(
+    ns: tuple[str, int], unique: str
+) -> None:
+    """The owner serves no text protocol: requests for its buckets go over Pyro5 and work."""
+    front, back = f"f{unique}", f"b{unique}"
+    table = f"a..m={front}, n..z={back}"
+    with_text = spawn_node(front, ns, table, extra=["--listen", "127.0.0.1:0"])
+    without = spawn_node(back, ns, table)
+    try:
+        with Conn(listen_address(with_text)) as c:
+            assert c.ask("CREATE zoo") == b"OK"
+            assert c.ask("PUT zoo k v") == b"OK"
+            c.send(
+                b"GET zoo k\r\nGET zoo k\r\nGET zoo nope\r\n"
+            )  # pipelined: coalesced over Pyro5
+            assert [c.line() for _ in range(6)] == [
+                b"v",
+                b"OK",
+                b"v",
+                b"OK",
+                b"",
+                b"OK",
+            ]
+    finally:
+        without.stop()
+        with_text.stop()
+
+
+def test_a_restarted_owner_is_found_on_its_new_text_port(
+    ns: tuple[str, int], unique: str
+) -> None:
+    """Owner killed: ERROR; started again on other ports: served again."""
+    front, back = f"f{unique}", f"b{unique}"
+    table = f"a..m={front}, n..z={back}"
+    extra = ["--listen", "127.0.0.1:0", "--timeout", "3"]
+    a = spawn_node(front, ns, table, extra=extra)
+    b = spawn_node(back, ns, table, extra=extra)
+    try:
+        with Conn(listen_address(a)) as c:
+            assert c.ask("CREATE zoo") == b"OK"
+            b.kill()
+            assert c.ask("GET zoo k").startswith(f"ERROR node '{back}'".encode())
+            b = spawn_node(back, ns, table, extra=extra)
+            deadline = time.monotonic() + 10
+            while c.ask("CREATE zoo") != b"OK":
+                assert time.monotonic() < deadline, "not served again within 10 s"
+            assert c.ask("GET zoo k") == b"|OK"
+    finally:
+        b.stop()
+        a.stop()
+
+
+def test_fwd_lines_from_a_client_get_framed_replies(pair: Pair) -> None:
+    """A FWD line is part of the node-to-node protocol: framed replies, nothing else changes."""
+    stored(pair)
+    with Conn(pair.a_addr) as c:
+        c.send(b"FWD 2000 someone GET apples k\r\n")
+        assert c.line() == b"10"
+        assert c.line() == b"kept" and c.line() == b"OK"
+        c.send(b"FWD x y z\r\n")
+        assert c.line() == b"17" and c.line() == b"UNKNOWN COMMAND"
+        assert c.ask("GET apples k") == b"kept|OK"
+    intact(pair)
