@@ -100,6 +100,13 @@ class Bench:
         largest = max(self.sizes)
         hot = [f"k{rng.randrange(largest):07d}" for _ in range(1000)]
         self.hot_keys = [hot[i % len(hot)] for i in range(options.calls)]
+        # Every bucket read at the same small working set (100 of its keys): the
+        # cost then depends on the number of keys only through the code, not through
+        # how much of the dict the CPU cache holds.
+        self.working_sets: dict[int, list[str]] = {}
+        for size in self.sizes:
+            few = [f"k{rng.randrange(size):07d}" for _ in range(100)]
+            self.working_sets[size] = [few[i % len(few)] for i in range(options.calls)]
         self.bare: Any = None
         if options.bare_uri:  # the api command compares with it; scaling does not
             self.bare = Proxy(options.bare_uri)
@@ -179,6 +186,9 @@ class Bench:
             bucket, size_keys = f"keys{size}", self.key_lists[size]
             variants[f"route {size}"] = (route_loop, router.route, bucket, size_keys)
             variants[f"direct {size}"] = (direct_loop, registry.get, bucket, size_keys)
+            few = self.working_sets[size]
+            variants[f"route few {size}"] = (route_loop, router.route, bucket, few)
+            variants[f"direct few {size}"] = (direct_loop, registry.get, bucket, few)
         largest = max(self.sizes)
         bucket = f"keys{largest}"
         variants["route hot"] = (route_loop, router.route, bucket, self.hot_keys)
@@ -191,6 +201,13 @@ class Bench:
                 "direct": best_keys["direct hot"],
             },
             "table_us": table_us,
+            "few_us": {
+                str(size): {
+                    "route": best_keys[f"route few {size}"],
+                    "direct": best_keys[f"direct few {size}"],
+                }
+                for size in self.sizes
+            },
             "table_direct_us": direct,
             "keys_us": {
                 str(size): {

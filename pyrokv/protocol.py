@@ -37,6 +37,7 @@ __all__ = [
 DEFAULT_MAX_LINE = 64 * 1024
 
 OK = b"OK\r\n"
+_LINE_OK = b"\r\nOK\r\n"
 NOT_FOUND = b"NOT FOUND\r\n"
 UNKNOWN = b"UNKNOWN COMMAND\r\n"
 LINE_TOO_LONG = b"ERROR line too long\r\n"
@@ -59,10 +60,6 @@ class Command(NamedTuple):
     args: list[str]
 
 
-def _text(word: bytes) -> str:
-    return word.decode("utf-8", "surrogateescape")
-
-
 def parse_line(line: bytes) -> Command | None:
     """Parse one request line (without or with its line ending); None if it is not a command."""
     words = line.split()
@@ -71,7 +68,7 @@ def parse_line(line: bytes) -> Command | None:
     spec = _COMMANDS.get(words[0])
     if spec is None or len(words) != spec[1] + 1:
         return None
-    args = [_text(w) for w in words[1:]]
+    args = [w.decode("utf-8", "surrogateescape") for w in words[1:]]
     return Command(words[0], spec[0], args[0], args)
 
 
@@ -131,5 +128,9 @@ def framed(reply: bytes) -> bytes:
 def reply_for(command: Command, result: Any) -> bytes:
     """The reply to a command that succeeded with ``result``."""
     if command.verb == b"GET":
+        if type(result) is str:  # the common case, without value_reply's checks
+            data = result.encode("utf-8", "surrogateescape")
+            if b"\n" not in data and b"\r" not in data:
+                return data + _LINE_OK
         return value_reply(result)
     return OK

@@ -88,7 +88,9 @@ class TaskRunner:
             function = self._resolve(func)
         token = tasks._current.set(self._context)
         try:
-            return function(*args, **(kwargs or {}))
+            if kwargs:
+                return function(*args, **kwargs)
+            return function(*args)
         except TypeError as exc:
             _check_arguments(func, function, args, kwargs, exc)
             raise

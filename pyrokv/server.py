@@ -85,7 +85,9 @@ class _Connection(asyncio.Protocol):
         lines = buffer.split(b"\n")
         self.buffer = lines.pop()
         limit = self.server.max_line
-        if len(self.buffer) > limit or any(len(line) > limit for line in lines):
+        if len(buffer) > limit and (
+            len(self.buffer) > limit or any(len(line) > limit for line in lines)
+        ):
             # Answer what came before the long line, then refuse it and hang up:
             # the rest of that line must never run as commands of its own.
             for line in lines:
@@ -136,12 +138,12 @@ class _Connection(asyncio.Protocol):
                 out.append(protocol.LINE_TOO_LONG)
                 self.closing = True
                 break
-            if line.startswith(b"FWD "):  # forwarded by another node
-                self._run_forwarded(line, out)
-                continue
             command = protocol.parse_line(line)
             if command is None:
-                out.append(protocol.UNKNOWN)
+                if line.startswith(b"FWD "):  # forwarded by another node
+                    self._run_forwarded(line, out)
+                else:
+                    out.append(protocol.UNKNOWN)
                 continue
             try:
                 owner = router.table.owner(command.bucket)
@@ -158,7 +160,7 @@ class _Connection(asyncio.Protocol):
             else:
                 self._forward(command, line, [], router.timeout, out)
         if out:
-            transport.write(b"".join(out))
+            transport.write(out[0] if len(out) == 1 else b"".join(out))
         if self.closing or (self.eof and not queue and not self.waiting):
             transport.close()
         elif self.paused and len(queue) <= _MAX_QUEUED // 2:
