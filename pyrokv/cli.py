@@ -28,12 +28,25 @@ __all__ = ["main"]
 TASKS_MODULE = "pyrokv.tasks"
 
 
-def _common(parser: argparse.ArgumentParser, ns: bool = True) -> None:
+def _common(parser: argparse.ArgumentParser, ns: bool = True, tls: bool = True) -> None:
     parser.add_argument(
         "--config",
         metavar="FILE",
         help="settings file (default: ./nameserver.conf when present, or $PYROKV_CONFIG)",
     )
+    if tls:
+        group = parser.add_argument_group(
+            "mutual TLS (all three, or none; default: the config's [tls] section)"
+        )
+        group.add_argument(
+            "--tls-cert", metavar="FILE", help="this process's certificate (PEM)"
+        )
+        group.add_argument(
+            "--tls-key", metavar="FILE", help="its private key (PEM, unencrypted)"
+        )
+        group.add_argument(
+            "--tls-ca", metavar="FILE", help="the CA that signs every peer (PEM)"
+        )
     if ns:
         parser.add_argument(
             "--ns",
@@ -192,6 +205,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not args.timeout > 0:
                 parser.error("--timeout must be a positive number of seconds")
             settings = settings.replace(timeout=args.timeout)
+        if any(getattr(args, f"tls_{k}", None) for k in ("cert", "key", "ca")):
+            settings = settings.replace(
+                tls_cert=args.tls_cert, tls_key=args.tls_key, tls_ca=args.tls_ca
+            )
         return int(COMMANDS[args.command](args, settings))
     except PyroKVError as exc:
         print(f"pyrokv: {type(exc).__name__}: {exc}", file=sys.stderr)
@@ -201,18 +218,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _nameserver(args: argparse.Namespace, settings: Settings) -> int:
-    import Pyro5.nameserver
-
     from .node import wait_for_signal
+    from .tls import make_nameserver
     from .wire import accept_serpent_only, setup_pyro
 
     setup_pyro()
     accept_serpent_only()
+    tls = _tls(settings)
     host = args.host or settings.ns_host
     port = settings.ns_port if args.port is None else args.port
-    _warn_if_exposed("the name server", host)
+    _warn_if_exposed("the name server", host, tls=tls is not None)
     try:
-        uri, daemon, _ = Pyro5.nameserver.start_ns(host, port, enableBroadcast=False)
+        uri, daemon = make_nameserver(host, port, tls)
     except OSError as exc:
         raise PyroKVError(
             f"cannot start the name server on {host}:{port}: {exc.strerror or exc} "
@@ -246,7 +263,8 @@ def _node(args: argparse.Namespace, settings: Settings) -> int:
         raise ConfigError("--max-line, --idle-timeout and --workers must be positive")
     host = args.host or node.host
     _check_node_host(args.name, host, settings.ns_host)
-    _warn_if_exposed(f"node {args.name!r}", host, listen)
+    tls = _tls(settings)
+    _warn_if_exposed(f"node {args.name!r}", host, listen, tls=tls is not None)
     return serve_node(
         args.name,
         table,
@@ -260,6 +278,7 @@ def _node(args: argparse.Namespace, settings: Settings) -> int:
         max_line=max_line,
         idle_timeout=idle,
         workers=workers,
+        tls=tls,
     )
 
 
@@ -313,6 +332,15 @@ def _warn_if_exposed(
         )
 
 
+def _tls(settings: Settings) -> Any:
+    """This process's TLS settings (None: plain), applied to Pyro5 before any proxy."""
+    from .tls import TLSSettings, configure_tls
+
+    tls = TLSSettings.from_options(settings.tls_cert, settings.tls_key, settings.tls_ca)
+    configure_tls(tls)
+    return tls
+
+
 def _literal(text: str) -> Any:
     try:
         return ast.literal_eval(text)
@@ -324,6 +352,7 @@ def _call(args: argparse.Namespace, settings: Settings) -> int:
     from .client import Client
 
     func = args.func if "." in args.func else f"{TASKS_MODULE}.{args.func}"
+    _tls(settings)
     with Client(settings.ns, via=args.via, timeout=settings.timeout) as client:
         try:
             result = client.route(args.bucket, func, [_literal(a) for a in args.args])
@@ -339,6 +368,7 @@ def _call(args: argparse.Namespace, settings: Settings) -> int:
 def _status(args: argparse.Namespace, settings: Settings) -> int:
     from .client import list_nodes, node_status
 
+    _tls(settings)
     nodes = list_nodes(settings.ns, settings.timeout)
     if not nodes:
         host, port = settings.ns

@@ -122,11 +122,23 @@ class Child:
 
 
 def spawn_nameserver(
-    host: str = "127.0.0.1", port: int = 0, timeout: float = START_TIMEOUT
+    host: str = "127.0.0.1",
+    port: int = 0,
+    timeout: float = START_TIMEOUT,
+    extra: Sequence[str] = (),
 ) -> tuple[Child, tuple[str, int]]:
     """Start ``pyrokv nameserver``; return it and its real (host, port)."""
     child = Child(
-        ["nameserver", "--config", os.devnull, "--host", host, "--port", str(port)],
+        [
+            "nameserver",
+            "--config",
+            os.devnull,
+            "--host",
+            host,
+            "--port",
+            str(port),
+            *extra,
+        ],
         "name server",
     )
     try:

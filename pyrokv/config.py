@@ -73,6 +73,10 @@ class Settings:
         NodeSettings("bar", listen=("127.0.0.1", 4041)),
     )
     source: str = "built-in defaults"
+    #: [tls] cert, key, ca: this process's certificate, key and the cluster's CA
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_ca: str | None = None
 
     @property
     def ns(self) -> tuple[str, int]:
@@ -103,6 +107,14 @@ class Settings:
             f"timeout = {self.timeout:g}",
             f"hop_limit = {self.hop_limit}",
         ]
+        if self.tls_cert or self.tls_key or self.tls_ca:
+            lines += [
+                "",
+                "[tls]",
+                f"cert = {self.tls_cert or ''}",
+                f"key = {self.tls_key or ''}",
+                f"ca = {self.tls_ca or ''}",
+            ]
         for node in self.nodes:
             lines += [
                 "",
@@ -201,12 +213,19 @@ def _read_file(path: Path, settings: Settings) -> Settings:
                 changes["hop_limit"] = _value(
                     "hop_limit", at, items["hop_limit"], _positive
                 )
+        elif section == "tls":
+            _known(items, {"cert", "key", "ca"}, section, where)
+            base = path.parent
+            for key in ("cert", "key", "ca"):
+                if items.get(key, "").strip():
+                    # relative to the config file, so one file works from anywhere
+                    changes[f"tls_{key}"] = str(base / items[key].strip())
         elif section.startswith("node ") or section == "node":
             nodes.append(_node(section, items, where))
         else:
             raise ConfigError(
-                f"unknown section [{section}] in {where}: use [nameserver], [cluster] "
-                "or [node NAME]"
+                f"unknown section [{section}] in {where}: use [nameserver], [cluster], "
+                "[tls] or [node NAME]"
             )
     if nodes:  # a file without [node NAME] sections keeps the default nodes
         changes["nodes"] = tuple(nodes)

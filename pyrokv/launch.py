@@ -41,6 +41,15 @@ def _node_args(node: NodeSettings, settings: Settings) -> list[str]:
         args += ["--allow", module]
     if node.listen is not None:
         args += ["--listen", f"{node.listen[0]}:{node.listen[1]}"]
+    return args + _tls_args(settings)
+
+
+def _tls_args(settings: Settings) -> list[str]:
+    args = []
+    for key in ("cert", "key", "ca"):
+        value = getattr(settings, f"tls_{key}")
+        if value:
+            args += [f"--tls-{key}", value]
     return args
 
 
@@ -76,7 +85,9 @@ def run_up(settings: Settings, out: TextIO = sys.stdout) -> int:
     children: list[Child] = []
     try:
         try:
-            ns_child, ns = spawn_nameserver(settings.ns_host, settings.ns_port)
+            ns_child, ns = spawn_nameserver(
+                settings.ns_host, settings.ns_port, extra=_tls_args(settings)
+            )
         except ChildError as exc:
             raise PyroKVError(
                 f"the name server did not start: {_child_failure(exc.child)}"

@@ -16,7 +16,7 @@ from typing import Any
 
 import Pyro5.api
 import Pyro5.errors
-from Pyro5.api import Daemon, Proxy
+from Pyro5.api import Proxy
 
 from . import naming
 from .errors import PyroKVError
@@ -26,6 +26,7 @@ from .router import DEFAULT_HOP_LIMIT, DEFAULT_TIMEOUT, Router
 from .runner import DEFAULT_ALLOW, TaskRunner
 from .server import DEFAULT_IDLE_TIMEOUT, TextServer
 from .table import RoutingTable, check_node_name
+from .tls import TLSSettings, make_daemon
 from .wire import DEFAULT_WORKERS, accept_serpent_only, setup_pyro
 
 __all__ = ["NodeHandle", "serve_node", "start_node", "wait_for_signal"]
@@ -135,9 +136,12 @@ def start_node(
     max_line: int = DEFAULT_MAX_LINE,
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
     workers: int = DEFAULT_WORKERS,
+    tls: TLSSettings | None = None,
 ) -> NodeHandle:
     """Start node ``name`` in this process and register it; return its handle.
 
+    With ``tls`` the daemon speaks mutual TLS only; call
+    :func:`pyrokv.tls.configure_tls` with the same settings first (process-wide).
     With ``listen`` (host, port) the node also serves the text protocol there
     (``handle.text.address`` is the real address when port is 0).
     Refuses (with :class:`PyroKVError`) a name that a live node holds; replaces a
@@ -149,7 +153,7 @@ def start_node(
     # Pyro5 reads the pool size from its global config: process-wide.
     Pyro5.api.config.THREADPOOL_SIZE = workers
     try:
-        daemon = Daemon(host=host, port=port)
+        daemon = make_daemon(host, port, tls)
     except OSError as exc:
         raise PyroKVError(
             f"node {name!r} cannot listen on {host}:{port}: {exc.strerror or exc}"
@@ -167,7 +171,11 @@ def start_node(
     if listen is not None:
         try:
             handle.text = TextServer(
-                router, *listen, max_line=max_line, idle_timeout=idle_timeout
+                router,
+                *listen,
+                max_line=max_line,
+                idle_timeout=idle_timeout,
+                peer_links=tls is None,  # with TLS, nodes talk over Pyro5 only
             )
         except OSError as exc:
             daemon.close()

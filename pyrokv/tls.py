@@ -50,8 +50,10 @@ path, taken when the pool is full, also reads from the new socket inline.)
   trickles a byte at a time, is closed at the deadline; the same deadline bounds
   Pyro5's own connect message that follows, in plain mode too. Then the
   connection's timeout becomes ``COMMTIMEOUT`` and Pyro5 serves it as usual.
-- A full pool closes the new connection at once instead of Pyro5's inline
-  ``denyConnection`` (which would read from it on the accept loop).
+- A full pool is reported to the new peer ("no free workers") by one of a few
+  short-lived threads, bounded by the same deadline, instead of Pyro5's inline
+  ``denyConnection`` (which would read from it on the accept loop); in a flood,
+  past those few, new connections are closed without an answer.
 
 What remains: a handshake in progress holds one of the daemon's worker threads for
 at most ``handshake_timeout``; a flood of ``THREADPOOL_SIZE`` idle connections,
@@ -260,8 +262,10 @@ def configure_tls(settings: TLSSettings | None) -> None:
             for name in (
                 "SERVERCERT",
                 "SERVERKEY",
+                "SERVERKEYPASSWD",
                 "CLIENTCERT",
                 "CLIENTKEY",
+                "CLIENTKEYPASSWD",
                 "CACERTS",
             ):
                 setattr(config, f"SSL_{name}", "")
@@ -379,10 +383,17 @@ def bound_handshakes(
     """
     _check_timeout(handshake_timeout)
     server = daemon.transportServer
+    if isinstance(server, BoundedHandshakeServer):
+        raise ConfigError(f"the handshakes of {daemon} are bounded already")
     if not isinstance(server, SocketServer_Threadpool):
         raise ConfigError(
             f"cannot bound the handshakes of {type(server).__name__}: pyrokv "
             "daemons use Pyro5's thread-pool server (SERVERTYPE 'thread')"
+        )
+    if tls is None and isinstance(server.sock, ssl.SSLSocket):
+        raise ConfigError(
+            f"{daemon} was made for TLS (Pyro5's config.SSL): give its TLS settings, "
+            "or it would serve plain connections"
         )
     server.__class__ = BoundedHandshakeServer
     server._adopt(tls.server_context() if tls is not None else None, handshake_timeout)
@@ -395,6 +406,10 @@ def _check_timeout(timeout: float) -> None:
         )
 
 
+#: Threads that may be telling refused peers "no free workers" at once.
+_DENIERS = 16
+
+
 class BoundedHandshakeServer(SocketServer_Threadpool):  # type: ignore[misc]
     """Pyro5's thread-pool transport whose accept loop only accepts.
 
@@ -402,12 +417,14 @@ class BoundedHandshakeServer(SocketServer_Threadpool):  # type: ignore[misc]
     docstring for why); never constructed directly.
     """
 
+    sock: Any  # the listening socket (Pyro5's attribute)
     tls_context: ssl.SSLContext | None
     handshake_timeout: float
 
     def _adopt(self, context: ssl.SSLContext | None, timeout: float) -> None:
         self.tls_context = context
         self.handshake_timeout = float(timeout)
+        self._deniers = threading.BoundedSemaphore(_DENIERS)
         self._pending: set[BoundedHandshakeJob] = set()
         self._pending_lock = threading.Lock()
         listener = self.sock
@@ -446,8 +463,43 @@ class BoundedHandshakeServer(SocketServer_Threadpool):  # type: ignore[misc]
                 self.pool.process(job)
             except PoolError as exc:
                 self._finished(job)
-                log.warning("closed a new connection from %s: %s", caddr, exc)
+                log.warning("refusing a new connection from %s: %s", caddr, exc)
+                self._deny(job)
+
+    def _deny(self, job: BoundedHandshakeJob) -> None:
+        """Tell a peer the pool is full, off the accept loop, or just close it.
+
+        Pyro5 answers "no free workers" on its accept loop; here a few short-lived
+        threads do it, each bounded by the handshake deadline, so a caller gets the
+        reason instead of a dropped connection. Past ``_DENIERS`` at once (a flood),
+        new connections are closed without an answer.
+        """
+        if not self._deniers.acquire(blocking=False):
+            job.csock.close()
+            return
+        reason = (
+            f"no free workers: all {Pyro5.api.config.THREADPOOL_SIZE} are busy; try "
+            "again, or start the node with a larger --workers"
+        )
+
+        def deny() -> None:
+            try:
+                context = self.tls_context
+                if context is not None:
+                    job.csock.sock = _tls_handshake(
+                        job.csock.sock, context, job.deadline
+                    )
+                remaining = job.deadline - time.monotonic()
+                if remaining > 0:
+                    job.csock.sock.settimeout(remaining)
+                    self.daemon._handshake(job.csock, denied_reason=reason)
+            except Exception as exc:  # the peer went away or stalled: nothing to tell
+                log.info("could not tell %s the pool is full: %s", job.caddr, exc)
+            finally:
                 job.csock.close()
+                self._deniers.release()
+
+        threading.Thread(target=deny, name="pyrokv-deny", daemon=True).start()
 
     def _finished(self, job: BoundedHandshakeJob) -> None:
         with self._pending_lock:
@@ -466,6 +518,8 @@ class BoundedHandshakeServer(SocketServer_Threadpool):  # type: ignore[misc]
 class BoundedHandshakeJob(ClientConnectionJob):  # type: ignore[misc]
     """One connection on a worker: TLS handshake and Pyro5 connect before a deadline,
     then Pyro5's request loop."""
+
+    csock: Any  # Pyro5's SocketConnection; .sock becomes the TLS socket
 
     def __init__(
         self,
