@@ -432,7 +432,9 @@ class Suite:
         if self.wants("scaling"):
             for i, name in enumerate(HOP_NODES):
                 nodes[name] = hop_table(i)
-            extra["h0"] = ["--listen", "127.0.0.1:0"]
+                # every hop serves the text protocol, so requests travel the way
+                # they do in a cluster started by `pyrokv up`: over peer links
+                extra[name] = ["--listen", "127.0.0.1:0"]
         # Baselines and load clients start while the cluster does.
         echo = bare = None
         if self.wants("local_get", "pipelined"):
