@@ -218,7 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _nameserver(args: argparse.Namespace, settings: Settings) -> int:
-    from .node import wait_for_signal
+    from .node import StopSignals
     from .tls import make_nameserver
     from .wire import accept_serpent_only, setup_pyro
 
@@ -236,14 +236,15 @@ def _nameserver(args: argparse.Namespace, settings: Settings) -> int:
             "(is another one running there? pick another with --port)"
         ) from None
     loop = threading.Thread(target=daemon.requestLoop, daemon=True)
-    loop.start()
-    print(f"URI = {uri}", flush=True)
-    print(f"READY nameserver {uri.host}:{uri.port}", flush=True)
-    try:
-        wait_for_signal()
-    finally:
-        daemon.shutdown()
-        loop.join(timeout=5)
+    with StopSignals() as signals:
+        loop.start()
+        print(f"URI = {uri}", flush=True)
+        print(f"READY nameserver {uri.host}:{uri.port}", flush=True)
+        try:
+            signals.wait()
+        finally:
+            daemon.shutdown()
+            loop.join(timeout=5)
     return 0
 
 

@@ -29,7 +29,7 @@ from .table import RoutingTable, check_node_name
 from .tls import TLSSettings, make_daemon
 from .wire import DEFAULT_WORKERS, accept_serpent_only, setup_pyro
 
-__all__ = ["NodeHandle", "serve_node", "start_node", "wait_for_signal"]
+__all__ = ["NodeHandle", "StopSignals", "serve_node", "start_node"]
 
 #: How often a node checks that the name server still holds its registration
 #: (a restarted name server is empty: the node registers again by itself).
@@ -226,21 +226,33 @@ def _taken(name: str, why: str) -> PyroKVError:
     )
 
 
-def wait_for_signal() -> None:
-    """Block until SIGTERM or SIGINT (Ctrl-C) arrives."""
-    stop = threading.Event()
+class StopSignals:
+    """SIGTERM and SIGINT (Ctrl-C) set an event, from the moment this is entered.
 
-    def handler(_signum: int, _frame: object) -> None:
-        stop.set()
+    Enter it *before* printing READY: a parent that stops the child as soon as it
+    reads READY must find the handler in place, or the child dies of the signal's
+    default action instead of unregistering.
+    """
 
-    previous = {
-        sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)
-    }
-    try:
-        while not stop.wait(1.0):
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignals:
+        def handler(_signum: int, _frame: object) -> None:
+            self.stop.set()
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, handler)
+        return self
+
+    def wait(self) -> None:
+        """Block until a signal arrived."""
+        while not self.stop.wait(1.0):
             pass
-    finally:
-        for sig, old in previous.items():
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, old in self._previous.items():
             signal.signal(sig, old)
 
 
@@ -253,11 +265,11 @@ def serve_node(
     """
     setup_pyro()
     accept_serpent_only()
-    with start_node(name, table, ns, **options) as handle:
+    with StopSignals() as signals, start_node(name, table, ns, **options) as handle:
         if handle.text is not None:
             host, port = handle.text.address
             print(f"LISTEN {name} {host}:{port}", flush=True)
         print(f"READY {name} {handle.uri}", flush=True)
-        wait_for_signal()
+        signals.wait()
     print(f"STOPPED {name}", file=sys.stderr, flush=True)
     return 0

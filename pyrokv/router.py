@@ -208,25 +208,8 @@ class Router:
         """
         if owner in self._text:
             return self._text[owner]
-        host, port = self.ns
-        try:
-            with naming.ns_proxy(host, port, self.timeout) as ns:
-                _uri, metadata = ns.lookup(
-                    naming.tasks_name(owner), return_metadata=True
-                )
-        except Pyro5.errors.NamingError as exc:
-            raise NodeUnavailableError(
-                f"node {owner!r} is not registered in the name server at "
-                f"{host}:{port}: start it with 'pyrokv node {owner}'"
-            ) from exc
-        except Pyro5.errors.CommunicationError as exc:
-            raise NodeUnavailableError(
-                f"cannot reach the name server at {host}:{port} to find node "
-                f"{owner!r}: {exc}"
-            ) from exc
-        address = naming.text_address(metadata)
-        self._text[owner] = address
-        return address
+        self._resolve(owner, time.monotonic() + self.timeout)
+        return self._text.get(owner)
 
     def forget_text(self, owner: str) -> None:
         """Drop the cached text address of ``owner`` (its link failed)."""
@@ -402,12 +385,15 @@ class Router:
         return proxy
 
     def _resolve(self, owner: str, deadline: float) -> tuple[Any, int]:
+        """Look ``owner`` up in the name server: cache its address and text address."""
         host, port = self.ns
         timeout = max(deadline - time.monotonic(), 0.001)
         ns = naming.ns_proxy(host, port, timeout)
         try:
             with ns:
-                uri = ns.lookup(naming.tasks_name(owner))
+                uri, metadata = ns.lookup(
+                    naming.tasks_name(owner), return_metadata=True
+                )
         except Pyro5.errors.NamingError as exc:
             raise NodeUnavailableError(
                 f"node {owner!r} is not registered in the name server at "
@@ -425,6 +411,7 @@ class Router:
             ) from exc
         entry = (uri, next(self._epochs))
         self._uris[owner] = entry
+        self._text[owner] = naming.text_address(metadata)
         return entry
 
     def _forget(self, owner: str) -> None:
