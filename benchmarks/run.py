@@ -51,6 +51,7 @@ Exit code: 0 when the suite ran (targets missed or not; ``--strict`` makes a MIS
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -62,7 +63,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -409,6 +410,7 @@ class Suite:
         self.log = log
         self.results = Results(settings.rounds)
         self.cluster: LocalCluster | None = None
+        self.echo_helper: Helper | None = None
         self.helpers: list[Helper] = []
         self.workers: list[Helper] = []
         self.mem_nodes: list[Child] = []
@@ -458,6 +460,7 @@ class Suite:
         if echo is not None:
             host, _, port = echo.wait_ready().split()[1].rpartition(":")
             self.echo = (host, int(port))
+            self.echo_helper = echo
         if bare is not None:
             self.bare_uri = bare.wait_ready().split()[1]
         for worker in self.workers:
@@ -602,12 +605,21 @@ class Suite:
         add, foo = self.results.add, self.addresses["foo"]
         assert self.echo is not None
         echo = self.echo
+        assert self.cluster is not None
+        assert self.echo_helper is not None
+        servers = [self.cluster.nodes["foo"].proc.pid, self.echo_helper.proc.pid]
+        clients = [worker.proc.pid for worker in self.workers]
         for conns in (1, 8):
-            node, base = self.pair(
-                r,
-                partial(self.text, foo, GET_LOCAL, conns),
-                partial(self.text, echo, GET_LOCAL, conns),
-            )
+            # One connection is a ping-pong whose rate depends on whether the
+            # scheduler puts client and server on one core or two; pinning both
+            # servers to one core and the client to the other measures the same
+            # placement for pyrokv and the echo server.
+            with pinned(servers if conns == 1 else [], clients if conns == 1 else []):
+                node, base = self.pair(
+                    r,
+                    partial(self.text, foo, GET_LOCAL, conns),
+                    partial(self.text, echo, GET_LOCAL, conns),
+                )
             add("local_get", f"pyrokv GET local, {conns} conn", "ops/s", r, node)
             add("local_get", f"echo baseline, {conns} conn", "ops/s", r, base)
             add(
@@ -902,6 +914,31 @@ def hop_table(i: int) -> str:
         owner = f"h{i + 1}" if i < hops else f"h{hops}"
         entries.append(f"{hop_bucket(hops)[0]}={owner}")
     return ", ".join(entries)
+
+
+@contextlib.contextmanager
+def pinned(servers: Sequence[int], clients: Sequence[int]) -> Iterator[None]:
+    """Pin every thread of ``servers`` to one CPU and of ``clients`` to another."""
+    cpus = sorted(os.sched_getaffinity(0))
+    saved: dict[int, set[int]] = {}
+    if len(cpus) >= 2:
+        for pids, cpu in ((servers, cpus[0]), (clients, cpus[1])):
+            for pid in pids:
+                for task in Path(f"/proc/{pid}/task").iterdir():
+                    tid = int(task.name)
+                    try:
+                        saved[tid] = os.sched_getaffinity(tid)
+                        os.sched_setaffinity(tid, {cpu})
+                    except OSError:
+                        pass  # the thread ended meanwhile
+    try:
+        yield
+    finally:
+        for tid, mask in saved.items():
+            try:
+                os.sched_setaffinity(tid, mask)
+            except OSError:
+                pass
 
 
 def hop_bucket(hops: int) -> str:
