@@ -176,6 +176,7 @@ def start_node(
                 max_line=max_line,
                 idle_timeout=idle_timeout,
                 peer_links=tls is None,  # with TLS, nodes talk over Pyro5 only
+                registry=registry,
             )
         except OSError as exc:
             daemon.close()

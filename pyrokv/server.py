@@ -16,11 +16,13 @@ import collections
 import concurrent.futures
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from . import protocol
 from .peer import Forward, PeerLanes
 from .protocol import Command
+from .registry import Registry
 from .router import Router
 
 __all__ = [
@@ -80,11 +82,14 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closing or self.too_long:
             return
-        self._touch()
+        server = self.server
+        self.active = server.loop.time()  # see _touch
+        if self.idle is None:
+            self._touch()
         buffer = self.buffer + data if self.buffer else data
         lines = buffer.split(b"\n")
         self.buffer = lines.pop()
-        limit = self.server.max_line
+        limit = server.max_line
         if len(buffer) > limit and (
             len(self.buffer) > limit or any(len(line) > limit for line in lines)
         ):
@@ -129,16 +134,19 @@ class _Connection(asyncio.Protocol):
         transport = self.transport
         if transport is None or self.closing:
             return
-        out = []
+        out: list[bytes] = []
         queue = self.queue
-        router = self.server.router
+        server = self.server
+        node, run_local = server.node, server.run_local
+        owner_of = server.router.table.owner  # one table for the whole batch
+        parse, reply_for = protocol.parse_line, protocol.reply_for
         while queue and not self.waiting:
             line = queue.popleft()
             if self.too_long and not queue:
                 out.append(protocol.LINE_TOO_LONG)
                 self.closing = True
                 break
-            command = protocol.parse_line(line)
+            command = parse(line)
             if command is None:
                 if line.startswith(b"FWD "):  # forwarded by another node
                     self._run_forwarded(line, out)
@@ -146,19 +154,13 @@ class _Connection(asyncio.Protocol):
                     out.append(protocol.UNKNOWN)
                 continue
             try:
-                owner = router.table.owner(command.bucket)
-            except Exception as exc:
+                if owner_of(command.bucket) == node:
+                    out.append(reply_for(command, run_local(command)))
+                    continue
+            except Exception as exc:  # no route, no bucket, bad key: one reply
                 out.append(protocol.error_reply(exc))
                 continue
-            if owner == router.node and router.local is not None:
-                try:
-                    result = router.local(command.task, command.args, None)
-                except Exception as exc:
-                    out.append(protocol.error_reply(exc))
-                else:
-                    out.append(protocol.reply_for(command, result))
-            else:
-                self._forward(command, line, [], router.timeout, out)
+            self._forward(command, line, [], server.router.timeout, out)
         if out:
             transport.write(out[0] if len(out) == 1 else b"".join(out))
         if self.closing or (self.eof and not queue and not self.waiting):
@@ -178,10 +180,7 @@ class _Connection(asyncio.Protocol):
         try:
             owner = router.next_hop(command.bucket, [*upstream, self.server.node])
             if owner is None:
-                reply = protocol.reply_for(
-                    command,
-                    router.local(command.task, command.args, None),  # type: ignore[misc]
-                )
+                reply = protocol.reply_for(command, self.server.run_local(command))
             else:
                 self.framed = True
                 self._forward(command, inner, upstream, budget, out)
@@ -279,11 +278,23 @@ class TextServer:
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         route_workers: int = DEFAULT_ROUTE_WORKERS,
         peer_links: bool = True,
+        registry: Registry | None = None,
     ) -> None:
-        if router.node is None:
-            raise ValueError("a TextServer needs the router of a node (node=None)")
+        if router.node is None or router.local is None:
+            raise ValueError("a TextServer needs the router of a node (node, local)")
         self.router = router
         self.node: str = router.node
+        # The four verbs on a bucket of this node are the registry's own methods:
+        # called directly, they skip the task machinery (allowlist lookup, context
+        # variable), which is there for tasks named by clients, not for these.
+        self._ops: dict[bytes, Callable[..., Any]] | None = None
+        if registry is not None:
+            self._ops = {
+                b"CREATE": registry.create,
+                b"PUT": registry.put,
+                b"GET": registry.get,
+                b"DELETE": registry.delete,
+            }
         self.max_line = max_line
         self.idle_timeout = idle_timeout
         self.max_connections = max_connections
@@ -317,6 +328,12 @@ class TextServer:
             target=self.loop.run_forever, name="pyrokv-text", daemon=True
         )
         self._thread.start()
+
+    def run_local(self, command: Command) -> Any:
+        """Run ``command`` on this node (its owner); return the result."""
+        if self._ops is not None:
+            return self._ops[command.verb](*command.args)
+        return self.router.local(command.task, command.args, None)  # type: ignore[misc]
 
     def forward(self, owner: str, item: Forward) -> None:
         """Send ``item`` towards ``owner``: on a peer link, else over Pyro5 (on the loop)."""
