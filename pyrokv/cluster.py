@@ -35,11 +35,25 @@ class ChildError(PyroKVError):
 
 
 class Child:
-    """One ``python -m pyrokv ...`` child process whose output lines can be awaited."""
+    """A child process whose output lines can be awaited: ``python -m pyrokv ARGS``.
 
-    def __init__(self, args: Sequence[str], name: str) -> None:
+    ``pyrokv=False`` runs ``args`` as a command of its own; ``prefix`` goes before
+    either (``["ip", "netns", "exec", NS]`` runs it in a network namespace).
+    Children get this environment without ``PYROKV_*`` (they take flags only).
+    """
+
+    def __init__(
+        self,
+        args: Sequence[str],
+        name: str,
+        *,
+        pyrokv: bool = True,
+        prefix: Sequence[str] = (),
+        cwd: str | None = None,
+    ) -> None:
         self.name = name
-        self.args = [sys.executable, "-u", "-m", "pyrokv", *args]
+        command = [sys.executable, "-u", "-m", "pyrokv", *args] if pyrokv else [*args]
+        self.args = [*prefix, *command]
         env = {k: v for k, v in os.environ.items() if not k.startswith("PYROKV_")}
         self.proc = subprocess.Popen(
             self.args,
@@ -48,6 +62,7 @@ class Child:
             stderr=subprocess.STDOUT,
             text=True,
             env=env,
+            cwd=cwd,
             start_new_session=True,  # Ctrl-C in a terminal reaches only the parent
         )
         self.lines: list[str] = []
@@ -76,6 +91,7 @@ class Child:
                     f"it printed: {self.output()}"
                 ) from None
             if line is None:
+                self._queue.put(None)  # stays at the end for later waits
                 self.proc.wait()
                 raise self._error(
                     f"{self.name} exited with code {self.proc.returncode} before "

@@ -28,18 +28,17 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-import queue
 import re
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
+
+from pyrokv.cluster import Child
 
 __all__ = [
     "TEST_NETS",
@@ -226,82 +225,18 @@ def _probe() -> str | None:
 # -- processes in a namespace -----------------------------------------------------
 
 
-class NsProcess:
+class NsProcess(Child):
     """A long-running process in a namespace, whose output lines can be awaited.
 
-    stdout and stderr are read line by line in a thread; :meth:`stop` sends SIGTERM,
-    then SIGKILL, and closes the pipe.
+    :class:`pyrokv.cluster.Child` run through ``ip netns exec NS``, from ``/`` (no
+    nameserver.conf around); :meth:`stop` sends SIGTERM, then SIGKILL.
     """
 
     def __init__(self, netns: str, argv: Sequence[str], label: str) -> None:
+        super().__init__(
+            argv, label, pyrokv=False, prefix=["ip", "netns", "exec", netns], cwd="/"
+        )
         self.label = label
-        self.argv = ["ip", "netns", "exec", netns, *argv]
-        self.lines: list[str] = []
-        self._queue: queue.Queue[str | None] = queue.Queue()
-        self.proc = subprocess.Popen(
-            self.argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=_env(),
-            cwd="/",  # no nameserver.conf around
-            start_new_session=True,
-        )
-        self._reader = threading.Thread(
-            target=self._read, name=f"netns-{label}", daemon=True
-        )
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            line = line.rstrip("\n")
-            self.lines.append(line)
-            self._queue.put(line)
-        self._queue.put(None)
-
-    def wait_for(self, prefix: str, timeout: float = START_TIMEOUT) -> str:
-        """The first new output line that starts with ``prefix``, within ``timeout``."""
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                line = self._queue.get(timeout=max(deadline - time.monotonic(), 0))
-            except queue.Empty:
-                raise LabError(
-                    f"{self.label} did not print {prefix!r} within {timeout:.0f}s; "
-                    f"it printed: {self.output()}"
-                ) from None
-            if line is None:
-                self._queue.put(None)  # stays at the end for later waits
-                code = self.proc.wait()
-                raise LabError(
-                    f"{self.label} exited with code {code} before printing "
-                    f"{prefix!r}; it printed: {self.output()}"
-                )
-            if line.startswith(prefix):
-                return line
-
-    def output(self) -> str:
-        """Everything printed so far, on one line."""
-        return " | ".join(self.lines) or "(nothing)"
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def stop(self, timeout: float = 5.0) -> int:
-        """SIGTERM, wait up to ``timeout``, SIGKILL; close the pipe; the exit code."""
-        if self.proc.poll() is None:
-            try:
-                self.proc.send_signal(signal.SIGTERM)
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._reader.join(timeout=timeout)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-        return self.proc.returncode
 
 
 # Run in a client namespace: send each request line to a text port, print one JSON
