@@ -173,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
         "routed bucket, route hello and world, show a bucket with no entry, stop "
         "everything.",
     )
-    _common(p, ns=False)
+    _common(p, ns=False, tls=False)
 
     p = commands.add_parser(
         "status",
