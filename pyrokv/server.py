@@ -3,10 +3,12 @@
 Concurrency model (see docs/protocol.md for the measurements behind it): one asyncio
 event loop, in its own thread, owns every connection. A request for a bucket that
 this node owns runs inline on the loop (a dict operation: microseconds). A request
-that must be forwarded blocks on a Pyro5 call, so it runs on a thread pool and the
-loop goes on serving everyone else; its reply is written when it comes back, in
-request order for its connection. So thousands of idle or slow connections cost
-no threads, and a slow owner never holds up local buckets.
+for another node's bucket goes to its owner over a peer link (pyrokv/peer.py), on
+the same loop; or, with TLS or an owner without a text port, over Pyro5 from a
+thread pool, coalesced per owner. Either way the loop goes on serving everyone
+else, and the reply is written when it comes back, in request order for its
+connection. So thousands of idle or slow connections cost no threads, and a slow
+owner never holds up local buckets.
 """
 
 from __future__ import annotations
