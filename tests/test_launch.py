@@ -58,6 +58,30 @@ def read_until(
     raise AssertionError(f"no {marker!r} in {lines}")
 
 
+def run_watching_children(
+    *args: str, timeout: float = 60
+) -> tuple[int, str, str, set[int]]:
+    """Run ``pyrokv ARGS`` to its end; its exit code, output, and every child seen."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pyrokv", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    seen: set[int] = set()
+    deadline = time.monotonic() + timeout
+    try:
+        while proc.poll() is None and time.monotonic() < deadline:
+            seen |= children_of(proc.pid)
+            time.sleep(0.02)  # sampling the children, not waiting for them
+        out, err = proc.communicate(timeout=max(deadline - time.monotonic(), 1))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    return proc.returncode, out, err, seen
+
+
 def write_config(path: Path, ns_port: int = 0) -> Path:
     path.write_text(
         f"[nameserver]\nhost = 127.0.0.1\nport = {ns_port}\n"
@@ -136,35 +160,16 @@ def test_up_with_a_text_port_in_use_stops_the_rest(tmp_path: Path) -> None:
             "[nameserver]\nport = 0\n[node foo]\n"
             f"listen = 127.0.0.1:{taken.getsockname()[1]}\n"
         )
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "pyrokv", "up", "--config", str(conf)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        seen: set[int] = set()
-        while proc.poll() is None:
-            seen |= children_of(proc.pid)
-        _out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 1
+        code, _out, err, seen = run_watching_children("up", "--config", str(conf))
+    assert code == 1
     assert "node 'foo' did not start: node 'foo' cannot serve the text protocol" in err
     assert gone(seen)
 
 
 def test_demo_runs_the_scenario_and_stops_everything() -> None:
     """pyrokv demo prints the guide's scenario and exits 0 with no process left."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pyrokv", "demo"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    seen: set[int] = set()
-    while proc.poll() is None:
-        seen |= children_of(proc.pid)
-        time.sleep(0.02)  # sampling the children, not waiting for them
-    out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 0, err
+    code, out, err, seen = run_watching_children("demo")
+    assert code == 0, err
     assert "route('hello', node_name) -> 'foo'" in out
     assert "route('world', node_name) -> 'bar'" in out
     assert re.search(r"bar> GET zoo lion +'roar' OK +\[local\]", out)
