@@ -28,6 +28,7 @@ __all__ = [
     "error_reply",
     "forward_line",
     "framed",
+    "get_reply",
     "parse_forwarded",
     "parse_line",
     "reply_for",
@@ -82,7 +83,7 @@ def value_reply(value: Any) -> bytes:
         data = bytes(value)
     else:  # stored by the Python client as another type
         data = repr(value).encode("utf-8", "backslashreplace")
-    if b"\n" in data or b"\r" in data:
+    if 10 in data or 13 in data:  # b"\n", b"\r" (an int is the fast membership test)
         return (
             b"ERROR the value holds a line break and cannot be sent as one line; "
             b"read it with the Python client\r\n"
@@ -127,10 +128,13 @@ def framed(reply: bytes) -> bytes:
 
 def reply_for(command: Command, result: Any) -> bytes:
     """The reply to a command that succeeded with ``result``."""
-    if command.verb == b"GET":
-        if type(result) is str:  # the common case, without value_reply's checks
-            data = result.encode("utf-8", "surrogateescape")
-            if b"\n" not in data and b"\r" not in data:
-                return data + _LINE_OK
-        return value_reply(result)
-    return OK
+    return get_reply(result) if command.verb == b"GET" else OK
+
+
+def get_reply(value: Any) -> bytes:
+    """:func:`value_reply`, quicker for the common case: a one-line str."""
+    if type(value) is str:
+        data = value.encode("utf-8", "surrogateescape")
+        if 10 not in data and 13 not in data:  # no b"\n" or b"\r"
+            return data + _LINE_OK
+    return value_reply(value)

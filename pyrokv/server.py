@@ -32,6 +32,7 @@ __all__ = [
     "DEFAULT_MAX_CONNECTIONS",
     "DEFAULT_ROUTE_WORKERS",
     "TextServer",
+    "local_verbs",
 ]
 
 DEFAULT_IDLE_TIMEOUT = 300.0
@@ -44,6 +45,60 @@ MAX_BATCH = 64
 # that pipelines without reading), and whose queued requests pass this many lines.
 _HIGH_WATER = 1 << 20
 _MAX_QUEUED = 1024
+# The clock of asyncio's loop.time(), called directly: once per request.
+_monotonic = time.monotonic
+
+
+def local_verbs(
+    registry: Registry,
+) -> dict[bytes, tuple[int, Callable[[list[bytes]], bytes]]]:
+    """The four verbs run on ``registry``: verb -> (words in its line, handler).
+
+    A handler takes the words of a request line (``line.split()``) and returns the
+    reply. This is the path of every request for a bucket of the node, so it is
+    written for speed: no :class:`Command`, each word decoded where it is used.
+    """
+    create, put, get, delete = (
+        registry.create,
+        registry.put,
+        registry.get,
+        registry.delete,
+    )
+    ok, get_reply = protocol.OK, protocol.get_reply
+
+    def do_create(w: list[bytes]) -> bytes:
+        create(w[1].decode("utf-8", "surrogateescape"))
+        return ok
+
+    def do_put(w: list[bytes]) -> bytes:
+        put(
+            w[1].decode("utf-8", "surrogateescape"),
+            w[2].decode("utf-8", "surrogateescape"),
+            w[3].decode("utf-8", "surrogateescape"),
+        )
+        return ok
+
+    def do_get(w: list[bytes]) -> bytes:
+        return get_reply(
+            get(
+                w[1].decode("utf-8", "surrogateescape"),
+                w[2].decode("utf-8", "surrogateescape"),
+            )
+        )
+
+    def do_delete(w: list[bytes]) -> bytes:
+        delete(
+            w[1].decode("utf-8", "surrogateescape"),
+            w[2].decode("utf-8", "surrogateescape"),
+        )
+        return ok
+
+    return {
+        b"CREATE": (2, do_create),
+        b"PUT": (4, do_put),
+        b"GET": (3, do_get),
+        b"DELETE": (3, do_delete),
+    }
 
 
 class _Connection(asyncio.Protocol):
@@ -85,7 +140,7 @@ class _Connection(asyncio.Protocol):
         if self.closing or self.too_long:
             return
         server = self.server
-        self.active = server.loop.time()  # see _touch
+        self.active = _monotonic()  # the loop's clock; see _touch
         if self.idle is None:
             self._touch()
         buffer = self.buffer + data if self.buffer else data
@@ -139,36 +194,53 @@ class _Connection(asyncio.Protocol):
         out: list[bytes] = []
         queue = self.queue
         server = self.server
-        node, run_local = server.node, server.run_local
-        owner_of = server.router.table.owner  # one table for the whole batch
-        parse, reply_for = protocol.parse_line, protocol.reply_for
+        node, verbs = server.node, server.verbs
+        by_byte = server.router.table.by_byte  # one table for the whole batch
         while queue and not self.waiting:
             line = queue.popleft()
             if self.too_long and not queue:
                 out.append(protocol.LINE_TOO_LONG)
                 self.closing = True
                 break
-            command = parse(line)
-            if command is None:
-                if line.startswith(b"FWD "):  # forwarded by another node
-                    self._run_forwarded(line, out)
-                else:
-                    out.append(protocol.UNKNOWN)
-                continue
-            try:
-                if owner_of(command.bucket) == node:
-                    out.append(reply_for(command, run_local(command)))
-                    continue
-            except Exception as exc:  # no route, no bucket, bad key: one reply
-                out.append(protocol.error_reply(exc))
-                continue
-            self._forward(command, line, [], server.router.timeout, out)
+            words = line.split()
+            verb = verbs.get(words[0]) if words else None
+            if (
+                verb is not None
+                and len(words) == verb[0]
+                and by_byte[words[1][0]] == node
+            ):
+                # The common case, a bucket of this node: answered here and now.
+                try:
+                    out.append(verb[1](words))
+                except Exception as exc:  # no bucket, bad key: one reply
+                    out.append(protocol.error_reply(exc))
+            else:
+                self._other(line, out)
         if out:
             transport.write(out[0] if len(out) == 1 else b"".join(out))
         if self.closing or (self.eof and not queue and not self.waiting):
             transport.close()
         elif self.paused and len(queue) <= _MAX_QUEUED // 2:
             self._resume()
+
+    def _other(self, line: bytes, out: list[bytes]) -> None:
+        """Answer a line that is not a request for a bucket in ``verbs``: route it."""
+        command = protocol.parse_line(line)
+        if command is None:
+            if line.startswith(b"FWD "):  # forwarded by another node
+                self._run_forwarded(line, out)
+            else:
+                out.append(protocol.UNKNOWN)
+            return
+        server = self.server
+        try:
+            if server.router.table.owner(command.bucket) == server.node:
+                out.append(protocol.reply_for(command, server.run_local(command)))
+                return
+        except Exception as exc:  # no route, no bucket, bad key: one reply
+            out.append(protocol.error_reply(exc))
+            return
+        self._forward(command, line, [], server.router.timeout, out)
 
     def _run_forwarded(self, line: bytes, out: list[bytes]) -> None:
         """Answer a ``FWD`` line: route it by this node's table; reply framed."""
@@ -286,10 +358,11 @@ class TextServer:
             raise ValueError("a TextServer needs the router of a node (node, local)")
         self.router = router
         self.node: str = router.node
-        # The four verbs on a bucket of this node are the registry's own methods:
-        # called directly, they skip the task machinery (allowlist lookup, context
-        # variable), which is there for tasks named by clients, not for these.
+        # The four verbs on a bucket of this node run straight on the registry:
+        # no task machinery (allowlist lookup, context variable), which is there
+        # for tasks named by clients, not for these.
         self._ops: dict[bytes, Callable[..., Any]] | None = None
+        self.verbs: dict[bytes, tuple[int, Callable[[list[bytes]], bytes]]] = {}
         if registry is not None:
             self._ops = {
                 b"CREATE": registry.create,
@@ -297,6 +370,7 @@ class TextServer:
                 b"GET": registry.get,
                 b"DELETE": registry.delete,
             }
+            self.verbs = local_verbs(registry)
         self.max_line = max_line
         self.idle_timeout = idle_timeout
         self.max_connections = max_connections

@@ -83,10 +83,12 @@ class RoutingTable:
     ('foo', 'bar')
     """
 
-    __slots__ = ("_entries", "_slots")
+    __slots__ = ("_entries", "by_byte")
 
     _entries: tuple[tuple[int, int, str], ...]
-    _slots: tuple[str | None, ...]
+    #: 256 entries: ``by_byte[b]`` owns the buckets whose name starts with byte ``b``
+    #: (None: no entry covers it). :meth:`owner` is the checked way to ask.
+    by_byte: tuple[str | None, ...]
 
     def __init__(self, entries: Iterable[tuple[range, str]] = ()) -> None:
         triples = []
@@ -134,7 +136,7 @@ class RoutingTable:
                 slots[byte] = node
             checked.append((start, end, node))
         self._entries = tuple(sorted(checked))
-        self._slots = tuple(slots)
+        self.by_byte = tuple(slots)
 
     # -- building -----------------------------------------------------------
 
@@ -225,7 +227,7 @@ class RoutingTable:
             raise NoRouteError(
                 f"bucket name must be str or bytes, not {type(bucket).__name__}"
             )
-        node = self._slots[first]
+        node = self.by_byte[first]
         if node is None:
             raise NoRouteError(f"could not find entry for {bucket!r} in table {self!r}")
         return node
@@ -252,7 +254,7 @@ class RoutingTable:
         return len(self._entries)
 
     def __setattr__(self, name: str, value: object) -> None:
-        if hasattr(self, "_slots"):
+        if hasattr(self, "by_byte"):
             raise AttributeError("RoutingTable is immutable; build a new one")
         object.__setattr__(self, name, value)
 

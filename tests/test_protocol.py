@@ -16,6 +16,8 @@ from pyrokv.protocol import (
     reply_for,
     value_reply,
 )
+from pyrokv.registry import Registry
+from pyrokv.server import local_verbs
 
 
 @pytest.mark.parametrize(
@@ -117,3 +119,55 @@ def test_values_round_trip(value: bytes) -> None:
     command = parse_line(b"PUT b k " + value)
     assert command is not None
     assert value_reply(command.args[2]) == value + b"\r\nOK\r\n"
+
+
+# Few words, so that requests meet the same buckets and keys; odd bytes among them.
+_WORDS = [b"b", b"\xff\xfe", b"v\x00", b"\xc3\xa9", b"\x1c"]
+_ARITY = {b"CREATE": 1, b"PUT": 3, b"GET": 2, b"DELETE": 2}
+
+
+@st.composite
+def _requests(draw: st.DrawFn) -> tuple[bytes, list[bytes]]:
+    """A verb and its words: mostly the right number of them, sometimes not."""
+    verb = draw(st.sampled_from(sorted(_ARITY)))
+    size = draw(st.sampled_from([_ARITY[verb]] * 4 + [0, 1, 2, 3, 4]))
+    return verb, draw(st.lists(st.sampled_from(_WORDS), min_size=size, max_size=size))
+
+
+@given(st.lists(_requests(), max_size=30))
+def test_a_nodes_fast_verbs_answer_as_the_general_path(
+    requests: list[tuple[bytes, list[bytes]]],
+) -> None:
+    """The text server's path for local buckets (words straight to the registry)
+    gives the same replies and leaves the same data as parse_line + reply_for."""
+    fast, general = Registry(), Registry()
+    verbs = local_verbs(fast)
+    ops = {
+        b"CREATE": general.create,
+        b"PUT": general.put,
+        b"GET": general.get,
+        b"DELETE": general.delete,
+    }
+    for verb, args in requests:
+        line = b" ".join([verb, *args]) + b"\r\n"
+        command = parse_line(line)
+        words = line.split()
+        width, handler = verbs[words[0]]
+        assert (command is not None) == (len(words) == width)
+        if command is None:
+            continue
+        try:
+            expected = reply_for(command, ops[verb](*command.args))
+        except Exception as exc:
+            expected = error_reply(exc)
+        try:
+            got = handler(words)
+        except Exception as exc:
+            got = error_reply(exc)
+        assert got == expected
+    assert fast.buckets() == general.buckets()
+    keys = [w.decode("utf-8", "surrogateescape") for w in _WORDS]
+    for bucket in fast.buckets():
+        assert [fast.get(bucket, k) for k in keys] == [
+            general.get(bucket, k) for k in keys
+        ]
