@@ -44,21 +44,25 @@ path, taken when the pool is full, also reads from the new socket inline.)
   alternatives are worse: patching ``Pyro5.svr_threads`` globally would change every
   daemon in the process, and re-implementing ``Daemon.__init__`` or ``init`` would
   copy Pyro5 code that drifts between releases.
-- The worker (:class:`BoundedHandshakeJob`, a subclass of Pyro5's
-  ``ClientConnectionJob``) wraps the socket and runs the handshake non-blocking
-  against one deadline (``handshake_timeout`` from accept). A peer that stalls, or
-  trickles a byte at a time, is closed at the deadline; the same deadline bounds
-  Pyro5's own connect message that follows, in plain mode too. Then the
-  connection's timeout becomes ``COMMTIMEOUT`` and Pyro5 serves it as usual.
+- With TLS, the accepted socket goes to one handshake thread (:class:`_Handshaker`)
+  that drives every pending handshake non-blocking with a selector, each against
+  one deadline (``handshake_timeout`` from accept). A peer that stalls, or trickles
+  a byte at a time, is closed at the deadline, and until then holds no worker: only
+  a socket (at most :data:`MAX_HANDSHAKES` of them; past that, new connections are
+  closed). Only a peer that has proved its certificate reaches a worker
+  (:class:`BoundedHandshakeJob`, a subclass of Pyro5's ``ClientConnectionJob``),
+  where the same deadline bounds Pyro5's own connect message (in plain mode too,
+  where the socket goes to a worker at once). Then the connection's timeout
+  becomes ``COMMTIMEOUT`` and Pyro5 serves it as usual.
 - A full pool is reported to the new peer ("no free workers") by one of a few
   short-lived threads, bounded by the same deadline, instead of Pyro5's inline
   ``denyConnection`` (which would read from it on the accept loop); in a flood,
   past those few, new connections are closed without an answer.
 
-What remains: a handshake in progress holds one of the daemon's worker threads for
-at most ``handshake_timeout``; a flood of ``THREADPOOL_SIZE`` idle connections,
-renewed faster than that, can still keep the pool full (new connections are then
-closed at once, not queued). The accept loop itself is never blocked.
+What remains: as in any Pyro5 thread-pool daemon, every open connection holds a
+worker, so peers that *can* connect (with a certificate under TLS; anyone who can
+reach the port in plain mode) can fill the pool with idle connections, until
+``COMMTIMEOUT`` closes them. The accept loop itself is never blocked.
 
 Keep ``SOCK_NODELAY`` on (``pyrokv.wire.setup_pyro`` does): the handshake is a few
 small writes each way, and with Nagle's algorithm a new TLS connection takes
@@ -88,6 +92,7 @@ from .wire import setup_pyro
 
 __all__ = [
     "HANDSHAKE_TIMEOUT",
+    "MAX_HANDSHAKES",
     "OPTIONS",
     "BoundedHandshakeJob",
     "BoundedHandshakeServer",
@@ -406,6 +411,10 @@ def _check_timeout(timeout: float) -> None:
         )
 
 
+#: Connections that may be between accept and a finished handshake at once; past
+#: this, new connections are closed (a flood must not use up the file descriptors).
+MAX_HANDSHAKES = 1024
+
 #: Threads that may be telling refused peers "no free workers" at once.
 _DENIERS = 16
 
@@ -427,6 +436,7 @@ class BoundedHandshakeServer(SocketServer_Threadpool):  # type: ignore[misc]
         self._deniers = threading.BoundedSemaphore(_DENIERS)
         self._pending: set[BoundedHandshakeJob] = set()
         self._pending_lock = threading.Lock()
+        self._handshaker = _Handshaker(self, context) if context is not None else None
         listener = self.sock
         if isinstance(listener, ssl.SSLSocket):
             # Same descriptor, plain socket object: accept() no longer handshakes.
@@ -445,7 +455,11 @@ class BoundedHandshakeServer(SocketServer_Threadpool):  # type: ignore[misc]
             return len(self._pending)
 
     def events(self, eventsockets: Any) -> None:
-        """Accept one connection and give it to a worker; never reads from it here."""
+        """Accept one connection and pass it on; never reads from it here.
+
+        With TLS it goes to the handshaker (one thread for every handshake), and to
+        a worker once the peer has proved its certificate; plain, straight to a worker.
+        """
         assert self.sock in eventsockets
         with contextlib.suppress(socket.timeout):
             if not self._selector.select(Pyro5.api.config.POLLTIMEOUT):
@@ -458,13 +472,29 @@ class BoundedHandshakeServer(SocketServer_Threadpool):  # type: ignore[misc]
                 socketutil.set_nodelay(csock)
             job = BoundedHandshakeJob(csock, caddr, self.daemon, self)
             with self._pending_lock:
+                if len(self._pending) >= MAX_HANDSHAKES:
+                    log.warning(
+                        "closing a new connection from %s: %d handshakes are in "
+                        "progress already",
+                        caddr,
+                        len(self._pending),
+                    )
+                    job.csock.close()
+                    return
                 self._pending.add(job)
-            try:
-                self.pool.process(job)
-            except PoolError as exc:
-                self._finished(job)
-                log.warning("refusing a new connection from %s: %s", caddr, exc)
-                self._deny(job)
+            if self._handshaker is not None:
+                self._handshaker.add(job)
+            else:
+                self.to_worker(job)
+
+    def to_worker(self, job: BoundedHandshakeJob) -> None:
+        """Give ``job`` (TLS done, if any) to a worker; tell the peer if none is free."""
+        try:
+            self.pool.process(job)
+        except PoolError as exc:
+            self._finished(job)
+            log.warning("refusing a new connection from %s: %s", job.caddr, exc)
+            self._deny(job)
 
     def _deny(self, job: BoundedHandshakeJob) -> None:
         """Tell a peer the pool is full, off the accept loop, or just close it.
@@ -484,11 +514,6 @@ class BoundedHandshakeServer(SocketServer_Threadpool):  # type: ignore[misc]
 
         def deny() -> None:
             try:
-                context = self.tls_context
-                if context is not None:
-                    job.csock.sock = _tls_handshake(
-                        job.csock.sock, context, job.deadline
-                    )
                 remaining = job.deadline - time.monotonic()
                 if remaining > 0:
                     job.csock.sock.settimeout(remaining)
@@ -509,6 +534,8 @@ class BoundedHandshakeServer(SocketServer_Threadpool):  # type: ignore[misc]
         """Also cut the handshakes in progress, so their workers end now."""
         with self._pending_lock:
             pending = list(self._pending)
+        if self._handshaker is not None:
+            self._handshaker.close()
         for job in pending:
             with contextlib.suppress(OSError):
                 job.csock.sock.shutdown(socket.SHUT_RDWR)
@@ -535,11 +562,6 @@ class BoundedHandshakeJob(ClientConnectionJob):  # type: ignore[misc]
     def handleConnection(self) -> bool:  # noqa: N802 (Pyro5's name)
         try:
             try:
-                context = self.server.tls_context
-                if context is not None:
-                    self.csock.sock = _tls_handshake(
-                        self.csock.sock, context, self.deadline
-                    )
                 remaining = self.deadline - time.monotonic()
                 if remaining <= 0:
                     raise TimeoutError("no time left for the Pyro5 connect message")
@@ -556,34 +578,129 @@ class BoundedHandshakeJob(ClientConnectionJob):  # type: ignore[misc]
             self.server._finished(self)
 
 
-def _tls_handshake(
-    raw: socket.socket, context: ssl.SSLContext, deadline: float
-) -> ssl.SSLSocket:
-    """Server-side TLS handshake on ``raw``, finished before ``deadline`` or TimeoutError.
+class _Handshaker:
+    """One thread that drives every pending TLS handshake of a daemon, non-blocking.
 
-    Non-blocking against one deadline, so a peer that trickles bytes cannot stretch it.
-    ``raw`` is detached into the returned socket; closed on failure.
+    A peer that connects and proves nothing holds no worker: only a socket here,
+    until its deadline. Once the handshake is done the job goes to
+    ``server.to_worker`` (Pyro5's connect message, then requests).
     """
-    tls = context.wrap_socket(raw, server_side=True, do_handshake_on_connect=False)
-    try:
-        tls.setblocking(False)
-        with selectors.DefaultSelector() as waiter:
-            waiter.register(tls, selectors.EVENT_READ)
-            while True:
-                try:
-                    tls.do_handshake()
-                    return tls
-                except ssl.SSLWantReadError:
-                    wanted = selectors.EVENT_READ
-                except ssl.SSLWantWriteError:
-                    wanted = selectors.EVENT_WRITE
-                remaining = deadline - time.monotonic()
-                waiter.modify(tls, wanted)
-                if remaining <= 0 or not waiter.select(remaining):
-                    raise TimeoutError("TLS handshake not finished in time")
-    except BaseException:
-        tls.close()
-        raise
+
+    def __init__(self, server: BoundedHandshakeServer, context: ssl.SSLContext) -> None:
+        self.server = server
+        self.context = context
+        self.selector = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self.selector.register(self._wake_r, selectors.EVENT_READ)
+        self._incoming: list[BoundedHandshakeJob] = []
+        self._lock = threading.Lock()
+        self._closed = False
+        self._jobs: dict[ssl.SSLSocket, BoundedHandshakeJob] = {}
+        self._thread = threading.Thread(
+            target=self._run, name="pyrokv-tls-handshakes", daemon=True
+        )
+        self._thread.start()
+
+    def add(self, job: BoundedHandshakeJob) -> None:
+        """Start ``job``'s handshake (called on the accept loop)."""
+        with self._lock:
+            if self._closed:
+                job.csock.close()
+                return
+            self._incoming.append(job)
+        with contextlib.suppress(BlockingIOError):  # a wake-up is pending already
+            self._wake_w.send(b"\0")
+
+    def close(self) -> None:
+        """Stop the thread; it closes the connections whose handshake was not done."""
+        with self._lock:
+            self._closed = True
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"\0")
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        try:
+            while not self._closed:
+                now = time.monotonic()
+                for tls, job in list(self._jobs.items()):
+                    if job.deadline <= now:
+                        self._drop(
+                            tls, TimeoutError("TLS handshake not finished in time")
+                        )
+                wait = min(
+                    (job.deadline for job in self._jobs.values()), default=now + 1
+                )
+                for key, _ in self.selector.select(max(wait - now, 0.0)):
+                    if key.fileobj is self._wake_r:
+                        with contextlib.suppress(BlockingIOError):
+                            self._wake_r.recv(4096)
+                        self._take_incoming()
+                    else:
+                        try:
+                            self._step(key.fileobj)  # type: ignore[arg-type]
+                        except Exception:  # a bug must not stop every handshake
+                            log.exception("TLS handshake step failed")
+                            self._drop(key.fileobj, None)  # type: ignore[arg-type]
+        finally:
+            for tls in list(self._jobs):
+                self._drop(tls, None)
+            with self._lock:
+                incoming, self._incoming = self._incoming, []
+            for job in incoming:
+                job.csock.close()
+                self.server._finished(job)
+            self.selector.close()
+            self._wake_r.close()
+            self._wake_w.close()
+
+    def _take_incoming(self) -> None:
+        with self._lock:
+            incoming, self._incoming = self._incoming, []
+        for job in incoming:
+            raw = job.csock.sock
+            raw.setblocking(False)
+            try:
+                tls = self.context.wrap_socket(
+                    raw, server_side=True, do_handshake_on_connect=False
+                )
+            except OSError as exc:  # the peer is gone already
+                _log_refusal(job.caddr, exc, self.server.handshake_timeout)
+                raw.close()
+                self.server._finished(job)
+                continue
+            job.csock.sock = tls
+            self._jobs[tls] = job
+            self.selector.register(tls, selectors.EVENT_READ)
+            self._step(tls)
+
+    def _step(self, tls: ssl.SSLSocket) -> None:
+        """Take ``tls``'s handshake as far as the peer's bytes allow."""
+        try:
+            tls.do_handshake()
+        except ssl.SSLWantReadError:
+            self.selector.modify(tls, selectors.EVENT_READ)
+        except ssl.SSLWantWriteError:
+            self.selector.modify(tls, selectors.EVENT_WRITE)
+        except (OSError, ValueError) as exc:
+            self._drop(tls, exc)
+        else:
+            job = self._jobs.pop(tls)
+            self.selector.unregister(tls)
+            tls.setblocking(True)
+            self.server.to_worker(job)
+
+    def _drop(self, tls: ssl.SSLSocket, exc: BaseException | None) -> None:
+        job = self._jobs.pop(tls, None)
+        if job is None:  # handed on already
+            return
+        self.selector.unregister(tls)
+        if exc is not None:
+            _log_refusal(job.caddr, exc, self.server.handshake_timeout)
+        job.csock.close()
+        self.server._finished(job)
 
 
 def _log_refusal(addr: Any, exc: BaseException, timeout: float) -> None:

@@ -447,18 +447,48 @@ def test_stock_pyro5_ssl_daemon_is_stopped_by_one_idle_connection(pki: PKI) -> N
         call(uri, "echo", 1, timeout=1.0)
 
 
+def open_idle(stack: contextlib.ExitStack, daemon: Any, port: int, count: int) -> None:
+    """Open ``count`` TCP connections that never handshake; wait until accepted."""
+    for _ in range(count):
+        stack.enter_context(socket.create_connection((HOST, port)))
+    wait_until(
+        lambda: pending(daemon) == count, f"the daemon to accept {count} connections"
+    )
+
+
 @pytest.mark.distributed
-def test_idle_raw_connections_delay_nobody(pki: PKI) -> None:
+def test_idle_raw_connections_delay_nobody_and_hold_no_worker(
+    pki: PKI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Peers that never handshake cannot fill the pool: only proven peers get a worker."""
+    monkeypatch.setattr(Pyro5.api.config, "THREADPOOL_SIZE", 2)
+    monkeypatch.setattr(Pyro5.api.config, "THREADPOOL_SIZE_MIN", 1)
     configure_tls(pki.client)
     daemon = make_daemon(HOST, 0, pki.node, handshake_timeout=30.0)
     with serving(daemon) as uri, contextlib.ExitStack() as idle:
-        for _ in range(3):
-            idle.enter_context(socket.create_connection((HOST, uri.port)))
-        wait_until(lambda: pending(daemon) == 3, "the daemon to accept 3 connections")
+        open_idle(idle, daemon, uri.port, 10)
         start = time.monotonic()
-        assert call(uri, "echo", "hello", timeout=2.0) == "hello"
+        for i in range(3):  # each call a new connection: it needs a free worker
+            assert call(uri, "echo", i, timeout=2.0) == i
         assert time.monotonic() - start < 2.0
-        assert pending(daemon) == 3  # still waiting for their handshakes
+        assert pending(daemon) == 10  # still waiting for their handshakes
+
+
+@pytest.mark.distributed
+def test_handshakes_past_the_limit_are_closed(
+    pki: PKI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pyrokv.tls, "MAX_HANDSHAKES", 3)
+    configure_tls(pki.client)
+    daemon = make_daemon(HOST, 0, pki.node, handshake_timeout=30.0)
+    with serving(daemon) as uri, contextlib.ExitStack() as idle:
+        open_idle(idle, daemon, uri.port, 3)
+        extra = idle.enter_context(socket.create_connection((HOST, uri.port)))
+        assert closed_within(extra, timeout=5.0) < 3.0
+        assert pending(daemon) == 3
+        idle.close()  # the peers go away: their handshakes end, and room is made
+        wait_until(lambda: pending(daemon) == 0, "the handshakes to end")
+        assert call(uri, "echo", 1, timeout=2.0) == 1
 
 
 @pytest.mark.distributed
