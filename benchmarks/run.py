@@ -55,13 +55,10 @@ import contextlib
 import json
 import os
 import platform
-import queue
 import signal
 import socket
 import statistics
-import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -94,107 +91,35 @@ class BenchError(Exception):
 # -- helper processes -----------------------------------------------------------
 
 
-class Helper:
+class Helper(Child):
     """A child ``python -u SCRIPT ...`` that talks in lines: JSON jobs in, JSON out."""
 
     def __init__(self, name: str, args: Sequence[str]) -> None:
-        self.name = name
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PYROKV_")}
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p
+        pythonpath = os.pathsep.join(
+            p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p
         )
-        self.proc = subprocess.Popen(
+        super().__init__(
             [sys.executable, "-u", *args],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd=ROOT,
-            env=env,
-            start_new_session=True,
+            name,
+            pyrokv=False,
+            cwd=str(ROOT),
+            env={"PYTHONPATH": pythonpath},
+            stdin=True,
         )
-        self.lines: queue.Queue[str | None] = queue.Queue()
-        self.errors: list[str] = []
-        threading.Thread(target=self._read_out, daemon=True).start()
-        threading.Thread(target=self._read_err, daemon=True).start()
-
-    def _read_out(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.put(line.rstrip("\n"))
-        self.lines.put(None)
-
-    def _read_err(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.errors.append(line.rstrip("\n"))
-
-    def line(self, timeout: float) -> str:
-        try:
-            line = self.lines.get(timeout=timeout)
-        except queue.Empty:
-            raise BenchError(
-                f"{self.name} said nothing within {timeout:.0f}s; stderr: "
-                f"{self.stderr()}"
-            ) from None
-        if line is None:
-            self.proc.wait(timeout=5)
-            time.sleep(0.1)  # let the stderr reader finish
-            raise BenchError(
-                f"{self.name} exited with code {self.proc.returncode}; stderr: "
-                f"{self.stderr()}"
-            )
-        return line
-
-    def stderr(self) -> str:
-        return "\n".join(self.errors[-40:]) or "(nothing)"
 
     def wait_ready(self, timeout: float = START_TIMEOUT) -> str:
-        line = self.line(timeout)
-        if not line.startswith("READY"):
-            raise BenchError(f"{self.name} printed {line!r} instead of READY")
-        return line
+        return self.wait_for("READY", timeout)
 
-    def send(self, obj: Any) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write((obj if isinstance(obj, str) else json.dumps(obj)) + "\n")
-        self.proc.stdin.flush()
+    def ask(self, obj: Any, timeout: float) -> dict[str, Any]:
+        self.send(json.dumps(obj))
+        return self.result(timeout)
 
     def result(self, timeout: float) -> dict[str, Any]:
-        answer: dict[str, Any] = json.loads(self.line(timeout))
+        """The next JSON answer (a line starting with ``{``; other output is kept)."""
+        answer: dict[str, Any] = json.loads(self.wait_for("{", timeout))
         if "error" in answer:
             raise BenchError(f"{self.name} failed:\n{answer['error']}")
         return answer
-
-    def ask(self, obj: Any, timeout: float) -> dict[str, Any]:
-        self.send(obj)
-        return self.result(timeout)
-
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                assert self.proc.stdin is not None
-                self.proc.stdin.close()
-            except OSError:
-                pass
-            try:
-                self.proc.wait(timeout=3)
-            except subprocess.TimeoutExpired:
-                self.proc.terminate()
-                try:
-                    self.proc.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait()
-        for stream in (self.proc.stdout, self.proc.stderr):
-            if stream is not None:
-                try:
-                    stream.close()
-                except OSError:
-                    pass
 
 
 def script(name: str) -> str:
@@ -540,10 +465,10 @@ class Suite:
                 raise BenchError(f"{conns} connections need {conns} load clients")
             busy = self.workers[:conns]
             for worker in busy:
-                worker.send({**job, "threads": 1})
+                worker.send(json.dumps({**job, "threads": 1}))
         else:
             busy = self.workers[:1]
-            busy[0].send({**job, "threads": conns})
+            busy[0].send(json.dumps({**job, "threads": conns}))
         timeout = self.s.warmup + duration + 60
         total = sum(int(worker.result(timeout)["ops"]) for worker in busy)
         return total / duration
@@ -872,12 +797,10 @@ def dict_memory(count: int) -> tuple[int, int]:
     try:
         helper.wait_ready()
         time.sleep(0.2)
-        before = rss_kib(helper.pid())
+        before = rss_kib(helper.proc.pid)
         helper.send("go")
-        done = helper.line(timeout=300)
-        if not done.startswith("DONE"):
-            raise BenchError(f"plain dict process printed {done!r}")
-        after = rss_kib(helper.pid())
+        helper.wait_for("DONE", timeout=300)
+        after = rss_kib(helper.proc.pid)
     finally:
         helper.stop()
     return after - before, after

@@ -8,6 +8,7 @@ child printed when it fails; :meth:`Child.stop` always leaves no process behind.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import signal
@@ -15,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from .errors import PyroKVError
 from .naming import parse_address
@@ -39,7 +40,8 @@ class Child:
 
     ``pyrokv=False`` runs ``args`` as a command of its own; ``prefix`` goes before
     either (``["ip", "netns", "exec", NS]`` runs it in a network namespace).
-    Children get this environment without ``PYROKV_*`` (they take flags only).
+    Children get this environment without ``PYROKV_*`` (they take flags only), plus
+    ``env``. With ``stdin=True`` :meth:`send` writes lines to the child's input.
     """
 
     def __init__(
@@ -50,18 +52,20 @@ class Child:
         pyrokv: bool = True,
         prefix: Sequence[str] = (),
         cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+        stdin: bool = False,
     ) -> None:
         self.name = name
         command = [sys.executable, "-u", "-m", "pyrokv", *args] if pyrokv else [*args]
         self.args = [*prefix, *command]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PYROKV_")}
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("PYROKV_")}
         self.proc = subprocess.Popen(
             self.args,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-            env=env,
+            env={**environ, **(env or {})},
             cwd=cwd,
             start_new_session=True,  # Ctrl-C in a terminal reaches only the parent
         )
@@ -109,6 +113,13 @@ class Child:
         """Everything the child printed so far, on one line."""
         return " | ".join(self.lines) or "(nothing)"
 
+    def send(self, line: str) -> None:
+        """Write ``line`` and a newline to the child's input (made with ``stdin=True``)."""
+        if self.proc.stdin is None:
+            raise ValueError(f"{self.name} was started without stdin=True")
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+
     def alive(self) -> bool:
         """Whether the process is still running."""
         return self.proc.poll() is None
@@ -123,8 +134,7 @@ class Child:
                 self.proc.kill()
                 self.proc.wait()
         self._reader.join(timeout=timeout)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
+        self._close_pipes()
         return self.proc.returncode
 
     def kill(self) -> None:
@@ -133,8 +143,13 @@ class Child:
             self.proc.kill()
         self.proc.wait()
         self._reader.join(timeout=5)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
+        self._close_pipes()
+
+    def _close_pipes(self) -> None:
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            if pipe is not None:
+                with contextlib.suppress(OSError):  # stdin: the child is gone
+                    pipe.close()
 
 
 def spawn_nameserver(
