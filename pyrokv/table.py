@@ -229,7 +229,10 @@ class RoutingTable:
             )
         node = self.by_byte[first]
         if node is None:
-            raise NoRouteError(f"could not find entry for {bucket!r} in table {self!r}")
+            raise NoRouteError(
+                f"could not find entry for {bucket!r} in table {self!r}: start the "
+                "bucket name with a byte the table covers, or add an entry for it"
+            )
         return node
 
     # -- value semantics ----------------------------------------------------

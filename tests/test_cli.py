@@ -96,7 +96,8 @@ def test_call_prints_results_and_errors(guide: tuple[str, int], unique: str) -> 
     assert failed.returncode == 1
     assert failed.stderr == (
         "pyrokv: NoRouteError: could not find entry for '1abc' in table "
-        "[a..m -> foo, n..z -> bar]\n"
+        "[a..m -> foo, n..z -> bar]: start the bucket name with a byte the table "
+        "covers, or add an entry for it\n"
     )
     refused = run("call", "x", "os.system", "touch /tmp/pwned", "--ns", ns)
     assert refused.returncode == 1

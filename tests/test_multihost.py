@@ -202,7 +202,8 @@ def test_routes_across_hosts(cluster: Cluster) -> None:
         "OK",
         "OK",
         "1|OK",
-        "ERROR could not find entry for '1abc' in table [a..m -> foo, n..z -> bar]",
+        "ERROR could not find entry for '1abc' in table [a..m -> foo, n..z -> bar]: "
+        "start the bucket name with a byte the table covers, or add an entry for it",
     ]
     # zoo lives on bar and apple on foo: bar serves zoo itself and routes apple back.
     replies = c.client.text(c.text_address("bar"), "GET zoo k", "GET apple a")

@@ -17,6 +17,8 @@ from pyrokv.cluster import Child, spawn_node
 
 pytestmark = pytest.mark.distributed
 
+HINT = ": start the bucket name with a byte the table covers, or add an entry for it"
+
 
 @dataclass
 class Pair:
@@ -108,7 +110,7 @@ def test_guide_transcript_local_and_routed(pair: Pair) -> None:
             assert c.ask("") == b"UNKNOWN COMMAND"
             assert c.ask("GET shopping") == b"UNKNOWN COMMAND"
             assert c.ask("GET 1abc milk") == (
-                f"ERROR could not find entry for '1abc' in table [a..m -> {pair.a}, n..z -> {pair.b}]".encode()
+                f"ERROR could not find entry for '1abc' in table [a..m -> {pair.a}, n..z -> {pair.b}]{HINT}".encode()
             )
             assert (
                 c.ask("GET shopping milk") == b"|OK"
@@ -343,7 +345,7 @@ def test_text_requests_forward_over_differing_tables_and_loops_are_caught(
             # bar's table has no entry for '1': its error comes back through foo
             assert c.ask("GET 1abc k") == (
                 f"ERROR could not find entry for '1abc' in table [a..m -> {baz}, "
-                f"n..y -> {bar}, z -> {foo}]".encode()
+                f"n..y -> {bar}, z -> {foo}]{HINT}".encode()
             )
         with Conn(listen_address(children[baz])) as c:
             assert c.ask("GET apple k") == b"v|OK"
