@@ -145,9 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
         "as a Python literal where it parses (1, 'x', [1, 2], None), else as a string. "
         "Example: pyrokv call hello node_name",
     )
-    p.add_argument("bucket", metavar="BUCKET")
-    p.add_argument("func", metavar="FUNC")
-    p.add_argument("args", metavar="ARG", nargs="*")
+    p.add_argument("bucket", metavar="BUCKET", help="routes the call by its first byte")
+    p.add_argument("func", metavar="FUNC", help="the task: pyrokv.tasks.get, or get")
+    # default=[]: else argparse names ARG among the missing arguments
+    p.add_argument("args", metavar="ARG", nargs="*", default=[], help="its arguments")
     p.add_argument(
         "--via",
         metavar="NODE",
