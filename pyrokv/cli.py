@@ -234,7 +234,8 @@ def _nameserver(args: argparse.Namespace, settings: Settings) -> int:
     except OSError as exc:
         raise PyroKVError(
             f"cannot start the name server on {host}:{port}: {exc.strerror or exc} "
-            "(is another one running there? pick another with --port)"
+            "(is another one running there, or a cluster of 'pyrokv up'? pick another "
+            "port with --port, or as port under [nameserver] in the config file)"
         ) from None
     loop = threading.Thread(target=daemon.requestLoop, daemon=True)
     with StopSignals() as signals:

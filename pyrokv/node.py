@@ -157,7 +157,8 @@ def start_node(
     except OSError as exc:
         raise PyroKVError(
             f"node {name!r} cannot listen on {host}:{port}: {exc.strerror or exc}"
-            " (pick another --port, or 0 for any free port)"
+            f" (pick another with --port, or as port under [node {name}] in the "
+            "config file; 0 takes any free port)"
         ) from None
     registry = Registry()
     runner = TaskRunner(name, registry, allow)
@@ -183,7 +184,8 @@ def start_node(
             raise PyroKVError(
                 f"node {name!r} cannot serve the text protocol on "
                 f"{listen[0]}:{listen[1]}: {exc.strerror or exc} (is another node "
-                "using that port? pick another with --listen)"
+                "using that port? pick another with --listen, or as listen under "
+                f"[node {name}] in the config file)"
             ) from None
     try:
         handle._start(replace=stale)
