@@ -77,14 +77,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser(
         "nameserver",
         help="run Pyro5's name server in the foreground",
-        description="Run Pyro5's own name server (no broadcast) until SIGTERM or Ctrl-C.",
+        description="Run Pyro5's own name server (no broadcast) until SIGTERM, SIGHUP or Ctrl-C.",
     )
     _common(p, ns=False)
     p.add_argument(
         "--host", help="address to bind (default: [nameserver] host, 127.0.0.1)"
     )
     p.add_argument(
-        "--port", type=int, help="port (default: [nameserver] port, 9090; 0 = any free)"
+        "--port",
+        type=_port,
+        help="port (default: [nameserver] port, 9090; 0 = any free)",
     )
 
     p = commands.add_parser(
@@ -92,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="run one node (Registry and TaskRunner) in the foreground",
         description="Run node NAME: serve its buckets and tasks, registered in the name "
         "server as pyrokv.NAME.registry and pyrokv.NAME.tasks. Prints 'READY NAME URI' "
-        "once registered; SIGTERM or Ctrl-C unregisters it and exits 0.",
+        "once registered; SIGTERM, SIGHUP or Ctrl-C unregisters it and exits 0.",
     )
     p.add_argument("name", metavar="NAME", help="node name (letters, digits, '_', '-')")
     _common(p)
@@ -100,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--host", help="address the node's Pyro5 daemon binds (default 127.0.0.1)"
     )
-    p.add_argument("--port", type=int, help="its port (default 0: any free port)")
+    p.add_argument("--port", type=_port, help="its port (default 0: any free port)")
     p.add_argument(
         "--table", metavar="SPEC", help="routing table, e.g. 'a..m=foo, n..z=bar'"
     )
@@ -162,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="start the name server and every configured node; Ctrl-C stops all",
         description="Start Pyro5's name server and one node per [node NAME] section of "
         "the config (default: foo a..m on text port 4040, bar n..z on 4041), print "
-        "where each runs, and keep them running until SIGTERM or Ctrl-C.",
+        "where each runs, and keep them running until SIGTERM, SIGHUP or Ctrl-C.",
     )
     _common(p, ns=False)
 
@@ -191,6 +193,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _common(p)
     return parser
+
+
+def _port(raw: str) -> int:
+    """An argparse type: a port number in 0..65535."""
+    try:
+        port = int(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a port number") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port {port} is outside 0..65535")
+    return port
 
 
 def main(argv: Sequence[str] | None = None) -> int:

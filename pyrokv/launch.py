@@ -14,6 +14,7 @@ from .cluster import Child, ChildError, LocalCluster, spawn_nameserver, spawn_no
 from .config import NodeSettings, Settings
 from .errors import PyroKVError
 from .naming import parse_address
+from .node import STOP_SIGNALS
 from .table import RoutingTable
 
 __all__ = ["run_demo", "run_up"]
@@ -81,7 +82,7 @@ def run_up(settings: Settings, out: TextIO = sys.stdout) -> int:
     def handler(_signum: int, _frame: object) -> None:
         stop.set()
 
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
     children: list[Child] = []
     try:
         try:

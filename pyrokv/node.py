@@ -229,8 +229,13 @@ def _taken(name: str, why: str) -> PyroKVError:
     )
 
 
+#: The signals that stop a pyrokv process cleanly (a node unregisters first).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
 class StopSignals:
-    """SIGTERM and SIGINT (Ctrl-C) set an event, from the moment this is entered.
+    """SIGTERM, SIGINT (Ctrl-C) and SIGHUP (terminal closed) set an event, from the
+    moment this is entered.
 
     Enter it *before* printing READY: a parent that stops the child as soon as it
     reads READY must find the handler in place, or the child dies of the signal's
@@ -245,7 +250,7 @@ class StopSignals:
         def handler(_signum: int, _frame: object) -> None:
             self.stop.set()
 
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in STOP_SIGNALS:
             self._previous[sig] = signal.signal(sig, handler)
         return self
 

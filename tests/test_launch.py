@@ -92,8 +92,12 @@ def write_config(path: Path, ns_port: int = 0) -> Path:
     return path
 
 
-def test_up_starts_the_cluster_and_ctrl_c_stops_every_child(tmp_path: Path) -> None:
-    """pyrokv up prints where everything runs; it serves; SIGINT stops it all, exit 0."""
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGHUP])
+def test_up_starts_the_cluster_and_ctrl_c_stops_every_child(
+    tmp_path: Path, stop: signal.Signals
+) -> None:
+    """pyrokv up prints where everything runs; it serves; SIGINT (Ctrl-C) or SIGHUP
+    (its terminal closed) stops it all, exit 0."""
     conf = write_config(tmp_path / "c.conf")
     proc = subprocess.Popen(
         [sys.executable, "-u", "-m", "pyrokv", "up", "--config", str(conf)],
@@ -118,7 +122,7 @@ def test_up_starts_the_cluster_and_ctrl_c_stops_every_child(tmp_path: Path) -> N
             assert c.ask("GET zoo k") == b"v|OK"
         with Client((host, int(port))) as kv:
             assert kv.route("hello", "pyrokv.tasks.node_name") == "foo"
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(stop)
         assert proc.wait(timeout=20) == 0
         assert gone(kids)
     finally:
