@@ -235,7 +235,7 @@ class _Connection(asyncio.Protocol):
         server = self.server
         try:
             if server.router.table.owner(command.bucket) == server.node:
-                out.append(protocol.reply_for(command, server.run_local(command)))
+                out.append(server.local_reply(command, line))
                 return
         except Exception as exc:  # no route, no bucket, bad key: one reply
             out.append(protocol.error_reply(exc))
@@ -254,7 +254,7 @@ class _Connection(asyncio.Protocol):
         try:
             owner = router.next_hop(command.bucket, [*upstream, self.server.node])
             if owner is None:
-                reply = protocol.reply_for(command, self.server.run_local(command))
+                reply = self.server.local_reply(command, inner)
             else:
                 self.framed = True
                 self._forward(command, inner, upstream, budget, out)
@@ -361,16 +361,9 @@ class TextServer:
         # The four verbs on a bucket of this node run straight on the registry:
         # no task machinery (allowlist lookup, context variable), which is there
         # for tasks named by clients, not for these.
-        self._ops: dict[bytes, Callable[..., Any]] | None = None
-        self.verbs: dict[bytes, tuple[int, Callable[[list[bytes]], bytes]]] = {}
-        if registry is not None:
-            self._ops = {
-                b"CREATE": registry.create,
-                b"PUT": registry.put,
-                b"GET": registry.get,
-                b"DELETE": registry.delete,
-            }
-            self.verbs = local_verbs(registry)
+        self.verbs: dict[bytes, tuple[int, Callable[[list[bytes]], bytes]]] = (
+            {} if registry is None else local_verbs(registry)
+        )
         self.max_line = max_line
         self.idle_timeout = idle_timeout
         self.max_connections = max_connections
@@ -405,11 +398,12 @@ class TextServer:
         )
         self._thread.start()
 
-    def run_local(self, command: Command) -> Any:
-        """Run ``command`` on this node (its owner); return the result."""
-        if self._ops is not None:
-            return self._ops[command.verb](*command.args)
-        return self.router.local(command.task, command.args, None)  # type: ignore[misc]
+    def local_reply(self, command: Command, line: bytes) -> bytes:
+        """Run ``command`` (parsed from ``line``) on this node, its owner; the reply."""
+        if self.verbs:
+            return self.verbs[command.verb][1](line.split())
+        result = self.router.local(command.task, command.args, None)  # type: ignore[misc]
+        return protocol.reply_for(command, result)
 
     def forward(self, owner: str, item: Forward) -> None:
         """Send ``item`` towards ``owner``: on a peer link, else over Pyro5 (on the loop)."""
