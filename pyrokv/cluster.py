@@ -18,21 +18,12 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 
-from .errors import PyroKVError
+from .errors import ChildError
 from .naming import parse_address
 
 __all__ = ["Child", "ChildError", "LocalCluster", "spawn_nameserver", "spawn_node"]
 
 START_TIMEOUT = 20.0
-
-
-class ChildError(PyroKVError):
-    """A child process failed to start or said something unexpected.
-
-    ``child`` is the :class:`Child` (None once rebuilt from the wire).
-    """
-
-    child: Child | None = None
 
 
 class Child:

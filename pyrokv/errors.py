@@ -1,9 +1,15 @@
 """Every error pyrokv raises, and their registration with Pyro5's serializer.
 
-All classes derive from :class:`PyroKVError`. Each keeps the plain ``cls(*args)``
-constructor, because that is how Pyro5 rebuilds an exception that crossed the wire;
-:func:`register_with_pyro` teaches Pyro5 to rebuild them as their own class, so an
-error raised on a remote node arrives at the caller with the same class and text,
+All classes derive from :class:`PyroKVError`, one class per failure a caller may
+want to handle. A class added for a failure that used to raise a broader class
+subclasses that class, so ``except`` clauses written against the broader one still
+catch it (a name server that cannot be reached is a :class:`NodeUnavailableError`).
+
+Each keeps the plain ``cls(*args)`` constructor, because that is how Pyro5 rebuilds
+an exception that crossed the wire; messages that several places raise are built by
+a classmethod (:meth:`NodeTimeoutError.after`), so each is written once.
+:func:`register_with_pyro` teaches Pyro5 to rebuild every class here as itself, so
+an error raised on a remote node arrives at the caller with the same class and text,
 across one hop or several.
 """
 
@@ -13,26 +19,48 @@ from typing import Any, ClassVar
 
 __all__ = [
     "BucketNotFoundError",
+    "ChildError",
     "ConfigError",
+    "IncompatiblePyroError",
     "InvalidTableError",
+    "ListenError",
+    "NameServerUnavailableError",
+    "NameTakenError",
     "NoRouteError",
+    "NoRouterError",
+    "NodeNotRegisteredError",
+    "NodeTimeoutError",
     "NodeUnavailableError",
+    "NodeUnreachableError",
+    "NotInTaskError",
+    "NothingToStartError",
     "ProtocolError",
     "PyroKVError",
     "RoutingLoopError",
     "TaskArgumentError",
     "TaskNotAllowedError",
+    "UndecodableReplyError",
+    "all_errors",
     "register_with_pyro",
 ]
 
+_REGISTERED: list[type[PyroKVError]] = []
+
 
 class PyroKVError(Exception):
-    """Base of every error pyrokv raises on purpose.
+    """Base of every error pyrokv raises on purpose; never raised itself.
 
     ``exit_code`` is what the ``pyrokv`` command exits with when this error ends it.
     """
 
     exit_code: ClassVar[int] = 1
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _REGISTERED.append(cls)
+
+
+# -- routing ------------------------------------------------------------------
 
 
 class NoRouteError(PyroKVError, LookupError):
@@ -48,12 +76,6 @@ class InvalidTableError(PyroKVError, ValueError):
     """A routing table could not be built; the message names the offending entry."""
 
 
-class ConfigError(PyroKVError, ValueError):
-    """A setting has a bad value; the message names the key and where it came from."""
-
-    exit_code: ClassVar[int] = 2
-
-
 class RoutingLoopError(PyroKVError):
     """A routed request came back to a node it had visited, or passed the hop limit.
 
@@ -61,41 +83,137 @@ class RoutingLoopError(PyroKVError):
     """
 
 
+# -- reaching nodes -------------------------------------------------------------
+
+
 class NodeUnavailableError(PyroKVError):
     """The node that should run a task is not registered, not reachable, or timed out.
 
-    Raised by the router with the underlying Pyro5 error as ``__cause__``.
+    Raised by the router with the underlying Pyro5 error as ``__cause__``. Its
+    subclasses say which of these happened; catch this class for all of them.
     """
+
+
+class NodeNotRegisteredError(NodeUnavailableError):
+    """The name server has no registration for the node (it never started, or it
+    stopped and unregistered); compare :class:`NodeUnreachableError`."""
+
+
+class NodeUnreachableError(NodeUnavailableError):
+    """The node is registered, but its address refused or dropped the connection."""
+
+
+class NodeTimeoutError(NodeUnavailableError):
+    """The node (or the name server, on the node's behalf) did not answer in time.
+
+    The request may have run on the node: a timed-out write may or may not be applied.
+    """
+
+    @classmethod
+    def after(
+        cls, owner: str, seconds: float, connecting_to: str | None = None
+    ) -> NodeTimeoutError:
+        """``node 'bar' did not answer within 5.0s`` (``connecting_to``: the address)."""
+        where = f" (connecting to {connecting_to})" if connecting_to else ""
+        return cls(f"node {owner!r} did not answer within {seconds:.1f}s{where}")
+
+    @classmethod
+    def no_time_left(cls, owner: str, path: str = "-") -> NodeTimeoutError:
+        """The request's time ran out before it could be sent to ``owner``."""
+        return cls(
+            f"node {owner!r} was not reached in time: the request's time ran out "
+            f"before it could be sent (path {path})"
+        )
+
+
+class NameServerUnavailableError(NodeUnavailableError):
+    """The name server cannot be reached (not running, wrong ``--ns``, or too slow)."""
+
+    @classmethod
+    def at(cls, host: str, port: int, why: object) -> NameServerUnavailableError:
+        """The message every command prints when the name server cannot be reached."""
+        return cls(
+            f"cannot reach the name server at {host}:{port}: {why} (is it running? "
+            "start one with 'pyrokv nameserver', or point --ns at it)"
+        )
+
+
+class UndecodableReplyError(PyroKVError):
+    """A node answered with something this process cannot rebuild (a value of a
+    class serpent does not carry, or a reply out of protocol)."""
+
+
+# -- tasks --------------------------------------------------------------------
 
 
 class TaskNotAllowedError(PyroKVError):
     """A task names a function outside the node's allowlist; nothing was imported or run."""
 
 
+class NoRouterError(TaskNotAllowedError):
+    """A task runner was asked to route but belongs to no node's router (built alone)."""
+
+
 class TaskArgumentError(PyroKVError, TypeError):
     """A task's arguments do not fit the function's signature; nothing ran."""
+
+
+class NotInTaskError(PyroKVError):
+    """A task function (``pyrokv.tasks.get`` ...) was called directly, not as a task on
+    a node: it has no node to act on."""
 
 
 class BucketNotFoundError(PyroKVError, LookupError):
     """get, put or delete named a bucket that was never created on its owner."""
 
 
+# -- the text protocol -----------------------------------------------------------
+
+
 class ProtocolError(PyroKVError):
-    """A client of the text protocol sent something the server cannot accept."""
+    """A peer of the text protocol sent something the server cannot accept: a ``FWD``
+    frame with a malformed field. The server answers that frame alone with an error."""
 
 
-_ALL_ERRORS: tuple[type[PyroKVError], ...] = (
-    PyroKVError,
-    NoRouteError,
-    InvalidTableError,
-    ConfigError,
-    RoutingLoopError,
-    NodeUnavailableError,
-    TaskNotAllowedError,
-    TaskArgumentError,
-    BucketNotFoundError,
-    ProtocolError,
-)
+# -- processes and settings ----------------------------------------------------
+
+
+class ConfigError(PyroKVError, ValueError):
+    """A setting has a bad value; the message names the key and where it came from."""
+
+    exit_code: ClassVar[int] = 2
+
+
+class NameTakenError(PyroKVError):
+    """A node was started under a name that a live node holds."""
+
+
+class ListenError(PyroKVError):
+    """A node or name server cannot listen on its address (taken, or not this host's)."""
+
+
+class NothingToStartError(PyroKVError):
+    """``pyrokv up`` found no ``[node NAME]`` section to start."""
+
+
+class ChildError(PyroKVError):
+    """A child process (name server or node started by ``pyrokv up``, ``demo`` or the
+    tests) failed to start, stopped, or said something unexpected.
+
+    ``child`` is the :class:`pyrokv.cluster.Child` (None once rebuilt from the wire).
+    """
+
+    child: Any = None
+
+
+class IncompatiblePyroError(PyroKVError):
+    """The installed Pyro5 lacks an internal that pyrokv relies on (its SSL context
+    cache); the message names it."""
+
+
+def all_errors() -> list[type[PyroKVError]]:
+    """Every pyrokv error class, the base first."""
+    return [PyroKVError, *_REGISTERED]
 
 
 def _rebuild(cls: type[PyroKVError]) -> Any:
@@ -115,5 +233,5 @@ def register_with_pyro() -> None:
     """
     from Pyro5.api import register_dict_to_class
 
-    for cls in _ALL_ERRORS:
+    for cls in all_errors():
         register_dict_to_class(f"{cls.__module__}.{cls.__qualname__}", _rebuild(cls))
