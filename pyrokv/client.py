@@ -16,7 +16,7 @@ import Pyro5.errors
 from Pyro5.api import URI, Proxy
 
 from . import naming
-from .errors import NodeUnavailableError
+from .errors import NameServerUnavailableError, NodeUnavailableError
 from .router import DEFAULT_TIMEOUT, Router
 from .table import RoutingTable
 
@@ -32,10 +32,7 @@ def list_nodes(ns: tuple[str, int], timeout: float = DEFAULT_TIMEOUT) -> dict[st
                 meta_all={naming.NODE_METADATA}, return_metadata=False
             )
     except Pyro5.errors.PyroError as exc:
-        raise NodeUnavailableError(
-            f"cannot reach the name server at {host}:{port}: {exc} (is it running? "
-            "start one with 'pyrokv nameserver', or point --ns at it)"
-        ) from None
+        raise NameServerUnavailableError.at(host, port, exc) from None
     nodes = {}
     for name, uri in names.items():
         node = naming.node_of(name)

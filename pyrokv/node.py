@@ -19,10 +19,11 @@ import Pyro5.errors
 from Pyro5.api import Proxy
 
 from . import naming
-from .errors import PyroKVError
+from .errors import ListenError, NameServerUnavailableError, NameTakenError
 from .protocol import DEFAULT_MAX_LINE
 from .registry import Registry
-from .router import DEFAULT_HOP_LIMIT, DEFAULT_TIMEOUT, Router
+from .router import Router
+from .routing import DEFAULT_HOP_LIMIT, DEFAULT_TIMEOUT
 from .runner import DEFAULT_ALLOW, TaskRunner
 from .server import DEFAULT_IDLE_TIMEOUT, TextServer
 from .table import RoutingTable, check_node_name
@@ -144,7 +145,7 @@ def start_node(
     :func:`pyrokv.tls.configure_tls` with the same settings first (process-wide).
     With ``listen`` (host, port) the node also serves the text protocol there
     (``handle.text.address`` is the real address when port is 0).
-    Refuses (with :class:`PyroKVError`) a name that a live node holds; replaces a
+    Refuses (with :class:`NameTakenError`) a name that a live node holds; replaces a
     registration left behind by a dead one.
     """
     setup_pyro()
@@ -155,7 +156,7 @@ def start_node(
     try:
         daemon = make_daemon(host, port, tls)
     except OSError as exc:
-        raise PyroKVError(
+        raise ListenError(
             f"node {name!r} cannot listen on {host}:{port}: {exc.strerror or exc}"
             f" (pick another with --port, or as port under [node {name}] in the "
             "config file; 0 takes any free port)"
@@ -181,7 +182,7 @@ def start_node(
             )
         except OSError as exc:
             daemon.close()
-            raise PyroKVError(
+            raise ListenError(
                 f"node {name!r} cannot serve the text protocol on "
                 f"{listen[0]}:{listen[1]}: {exc.strerror or exc} (is another node "
                 "using that port? pick another with --listen, or as listen under "
@@ -194,7 +195,7 @@ def start_node(
         raise _taken(name, "another node registered it just now") from None
     except Pyro5.errors.CommunicationError as exc:
         handle.stop()
-        raise PyroKVError(
+        raise NameServerUnavailableError(
             f"node {name!r} cannot reach the name server at {ns[0]}:{ns[1]}: {exc} "
             "(start one with 'pyrokv nameserver', or point --ns at it)"
         ) from None
@@ -210,7 +211,7 @@ def _refuse_if_live(name: str, ns: tuple[str, int], timeout: float) -> bool:
     except Pyro5.errors.NamingError:
         return False  # not registered
     except Pyro5.errors.CommunicationError as exc:
-        raise PyroKVError(
+        raise NameServerUnavailableError(
             f"node {name!r} cannot reach the name server at {host}:{port}: {exc} "
             "(start one with 'pyrokv nameserver', or point --ns at it)"
         ) from None
@@ -223,8 +224,8 @@ def _refuse_if_live(name: str, ns: tuple[str, int], timeout: float) -> bool:
     raise _taken(name, f"a live node answers at {uri.location}")
 
 
-def _taken(name: str, why: str) -> PyroKVError:
-    return PyroKVError(
+def _taken(name: str, why: str) -> NameTakenError:
+    return NameTakenError(
         f"node name {name!r} is taken: {why}; stop that node or pick another name"
     )
 

@@ -1,57 +1,40 @@
-"""Peer links: forward text requests to their owner's text port, on the event loop.
+"""Peer links: text requests to their owner's text port, pipelined, on the event loop.
 
-A text request for another node's bucket could go over Pyro5 (a thread-pool hand-off,
-serpent, a Pyro5 call: about 400 µs here). When the owner serves the text protocol
-too, this node keeps one pipelined connection to it instead, writes
-``FWD <ms left> <path> <original line>`` and relays the owner's reply bytes as they
-are: no threads, no serializer, many requests in flight on one connection. The owner
-routes a ``FWD`` line by its own table, like a request that came over Pyro5; the
-path it carries keeps loop detection, the time left keeps the timeout.
-
-The links carry what clients could send to the owner's text port themselves, so
-they are used only where the text protocol is (no TLS); an owner that serves no
-text protocol, or a cluster with TLS, is reached over Pyro5.
+A :class:`~pyrokv.transport.Transport`. For each owner that serves the text
+protocol, this node keeps one connection, writes
+``FWD <ms left> <path> <original line>`` and relays the owner's framed reply bytes
+as they are: no threads, no serializer, many requests in flight on one connection.
+An owner with no text port is handed to the ``fallback`` transport (Pyro5).
+See docs/architecture.md.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
+import logging
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, NamedTuple
 
 from . import protocol
-from .errors import NodeUnavailableError, PyroKVError
+from .directory import Directory
+from .errors import NodeTimeoutError, NodeUnreachableError, PyroKVError
+from .routing import inner_budget
+from .transport import Forward, ReplySink, Transport, deliver
 
-if TYPE_CHECKING:
-    import concurrent.futures
+__all__ = ["NO_TEXT_RETRY", "PeerLinks"]
 
-    from .protocol import Command
-    from .router import Router
-
-__all__ = ["Forward", "PeerLanes"]
+log = logging.getLogger("pyrokv.peer")
 
 #: How long an owner found to have no text port is reached over Pyro5 before asking again.
 NO_TEXT_RETRY = 30.0
 
 
-class Forward(NamedTuple):
-    """One request on its way to another node."""
-
-    conn: Any  # the client connection waiting for the reply (server._Connection)
-    command: Command
-    line: bytes  # the original request line, sent on as it is
-    upstream: list[str]  # nodes visited before this one
-    path: list[str]  # upstream + this node
-    deadline: float  # time.monotonic() by which the reply must be back
-
-
 class _Link(asyncio.Protocol):
     """A pipelined text connection to one owner; replies come back in order."""
 
-    def __init__(self, lanes: PeerLanes, owner: str, address: tuple[str, int]) -> None:
-        self.lanes = lanes
+    def __init__(self, links: PeerLinks, owner: str, address: tuple[str, int]) -> None:
+        self.links = links
         self.owner = owner
         self.address = address
         self.transport: asyncio.Transport | None = None
@@ -67,23 +50,33 @@ class _Link(asyncio.Protocol):
 
     def send(self, item: Forward) -> None:
         left = item.deadline - time.monotonic()
-        inner = left - min(0.5, left * 0.1)  # the owner gives up first, and says why
         assert self.transport is not None
-        self.transport.write(protocol.forward_line(inner, item.path, item.line))
+        self.transport.write(
+            protocol.forward_line(inner_budget(left), item.hop.path, item.line)
+        )
         self.inflight.append(item)
         if self.timer is None:
             self._arm()
 
     def data_received(self, data: bytes) -> None:
+        try:
+            self._replies(data)
+        except Exception:  # a bug here must fail this link, not the loop
+            log.exception("peer link to %s failed", self.owner)
+            self._fail("internal error")
+
+    def _replies(self, data: bytes) -> None:
         buffer = self.buffer + data if self.buffer else data
         pos = 0
-        while True:
+        done: list[tuple[ReplySink, bytes]] = []
+        while not self.failed:
             if self.need < 0:
                 end = buffer.find(b"\r\n", pos)
                 if end < 0:
                     break
                 size = buffer[pos:end]
-                if not size.isdigit() or not self.inflight:
+                if not size.isdigit() or len(size) > 9 or not self.inflight:
+                    deliver(done)
                     self._fail(f"answered out of protocol ({size[:40]!r})")
                     return
                 self.need = int(size)
@@ -93,8 +86,9 @@ class _Link(asyncio.Protocol):
             reply = buffer[pos : pos + self.need]
             pos += self.need
             self.need = -1
-            self.inflight.popleft().conn.routed(reply)
+            done.append((self.inflight.popleft().sink, reply))
         self.buffer = buffer[pos:]
+        deliver(done)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._fail("connection lost" if exc is None else str(exc))
@@ -102,25 +96,19 @@ class _Link(asyncio.Protocol):
     def _arm(self) -> None:
         self.timer = None
         if self.inflight and not self.failed:
-            loop = self.lanes.loop
-            self.timer = loop.call_at(self.inflight[0].deadline, self._check)
+            self.timer = self.links.loop.call_at(self.inflight[0].deadline, self._check)
 
     def _check(self) -> None:
         self.timer = None
         if self.inflight and self.inflight[0].deadline <= time.monotonic():
-            limit = self.lanes.router.timeout
-            self._fail_with(
-                NodeUnavailableError(
-                    f"node {self.owner!r} did not answer within {limit:.1f}s"
-                )
-            )
+            self._fail_with(NodeTimeoutError.after(self.owner, self.links.timeout))
         else:
             self._arm()
 
     def _fail(self, why: str) -> None:
         host, port = self.address
         self._fail_with(
-            NodeUnavailableError(
+            NodeUnreachableError(
                 f"node {self.owner!r} at {host}:{port} is not reachable: {why}"
             )
         )
@@ -135,14 +123,15 @@ class _Link(asyncio.Protocol):
         # A request that timed out may still reach the owner: reset, do not linger.
         if self.transport is not None:
             self.transport.abort()
-        self.lanes.lost(self)
+        self.links.lost(self)
         reply = protocol.error_reply(error)
         inflight, self.inflight = self.inflight, collections.deque()
-        for item in inflight:
-            item.conn.routed(reply)
+        deliver([(item.sink, reply) for item in inflight])
 
 
 class _Lane:
+    """One owner's state: its link, or requests waiting for one."""
+
     __slots__ = ("connecting", "link", "pyro_until", "queued")
 
     def __init__(self) -> None:
@@ -152,94 +141,102 @@ class _Lane:
         self.pyro_until = 0.0
 
 
-class PeerLanes:
-    """Every peer link of one text server, keyed by owner; all on the server's loop."""
+class PeerLinks:
+    """Every peer link of one text server, keyed by owner; all on the server's loop.
+
+    ``directory`` says where owners serve text; ``fallback`` carries the requests of
+    owners that serve none; ``pool`` runs the (blocking) name-server look-ups;
+    ``timeout`` is what an error says a request had.
+    """
 
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
-        router: Router,
+        directory: Directory,
+        fallback: Transport,
         pool: concurrent.futures.Executor,
-        over_pyro: Callable[[str, Forward], None],
+        timeout: float,
     ) -> None:
         self.loop = loop
-        self.router = router
+        self.directory = directory
+        self.fallback = fallback
         self.pool = pool
-        self.over_pyro = over_pyro
+        self.timeout = timeout
         self.lanes: dict[str, _Lane] = {}
 
-    def send(self, owner: str, item: Forward) -> None:
-        """Forward ``item`` to ``owner``: on its link, or over Pyro5 if it has none."""
+    def send(self, request: Forward) -> None:
+        """Forward ``request`` on its owner's link, or over the fallback if it has none."""
+        owner = request.hop.owner
         lane = self.lanes.get(owner)
         if lane is None:
             lane = self.lanes[owner] = _Lane()
         if lane.link is not None:
-            lane.link.send(item)
+            lane.link.send(request)
         elif lane.pyro_until > time.monotonic():
-            self.over_pyro(owner, item)
+            self.fallback.send(request)
         else:
-            lane.queued.append(item)
+            lane.queued.append(request)
             if not lane.connecting:
                 lane.connecting = True
                 self.loop.create_task(self._connect(owner, lane))
 
     async def _connect(self, owner: str, lane: _Lane) -> None:
         address: tuple[str, int] | None = None
+        error: PyroKVError | None = None
         try:
             address = await self.loop.run_in_executor(
-                self.pool, self.router.text_address, owner
+                self.pool, self.directory.text_address, owner
             )
-            if address is None:  # the owner serves no text protocol: use Pyro5
-                lane.pyro_until = time.monotonic() + NO_TEXT_RETRY
-                queued, lane.queued = lane.queued, []
-                for item in queued:
-                    self.over_pyro(owner, item)
-                return
-            left = min(item.deadline for item in lane.queued) - time.monotonic()
-            _, link = await asyncio.wait_for(
-                self.loop.create_connection(
-                    lambda: _Link(self, owner, address),
-                    *address,
-                ),
-                timeout=max(left, 0.001),
+            if address is not None:
+                left = min(item.deadline for item in lane.queued) - time.monotonic()
+                _, link = await asyncio.wait_for(
+                    self.loop.create_connection(
+                        lambda: _Link(self, owner, address), *address
+                    ),
+                    timeout=max(left, 0.001),
+                )
+                lane.link = link
+        except PyroKVError as exc:
+            error = exc
+        except (asyncio.TimeoutError, TimeoutError):
+            error = NodeTimeoutError.after(
+                owner, self.timeout, None if address is None else _show(address)
             )
-            lane.link = link
-            queued, lane.queued = lane.queued, []
-            for item in queued:
-                link.send(item)
         except Exception as exc:
-            self.router.forget_text(owner)
-            if isinstance(exc, PyroKVError):
-                error: PyroKVError = exc
-            elif isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
-                error = NodeUnavailableError(
-                    f"node {owner!r} did not answer within "
-                    f"{self.router.timeout:.1f}s (connecting to "
-                    f"{address[0]}:{address[1]})"
-                    if address
-                    else f"node {owner!r} was not reached in time"
-                )
-            else:
-                where = f" at {address[0]}:{address[1]}" if address else ""
-                error = NodeUnavailableError(
-                    f"node {owner!r}{where} is not reachable: {exc}"
-                )
+            where = "" if address is None else f" at {_show(address)}"
+            error = NodeUnreachableError(
+                f"node {owner!r}{where} is not reachable: {exc}"
+            )
+        # Settle the lane before handing anything out: a reply may send the next
+        # request for this owner at once, and it must find the lane as it now is.
+        lane.connecting = False
+        queued, lane.queued = lane.queued, []
+        if error is not None:
+            self.directory.forget_text(owner)
             reply = protocol.error_reply(error)
-            queued, lane.queued = lane.queued, []
+            deliver([(item.sink, reply) for item in queued])
+        elif lane.link is not None:
             for item in queued:
-                item.conn.routed(reply)
-        finally:
-            lane.connecting = False
+                lane.link.send(item)
+        else:  # the owner serves no text protocol: use the fallback for a while
+            lane.pyro_until = time.monotonic() + NO_TEXT_RETRY
+            for item in queued:
+                self.fallback.send(item)
 
     def lost(self, link: _Link) -> None:
         """A link failed: forget it and the owner's address (it may have moved)."""
         lane = self.lanes.get(link.owner)
         if lane is not None and lane.link is link:
             lane.link = None
-        self.router.forget_text(link.owner)
+        self.directory.forget_text(link.owner)
 
     def close(self) -> None:
         """Close every link (on the loop)."""
         for lane in self.lanes.values():
             if lane.link is not None and lane.link.transport is not None:
                 lane.link.transport.abort()
+        self.fallback.close()
+
+
+def _show(address: tuple[str, int]) -> str:
+    return f"{address[0]}:{address[1]}"

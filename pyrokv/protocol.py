@@ -1,4 +1,4 @@
-"""The text protocol of the Elixir guide's KVServer: parse a line, format a reply. Pure.
+"""The text protocol of the Elixir guide's KVServer: its verbs, lines and replies. Pure.
 
 A request is one line of whitespace-separated words, ended by ``\\r\\n`` or ``\\n``::
 
@@ -7,6 +7,11 @@ A request is one line of whitespace-separated words, ended by ``\\r\\n`` or ``\\
     GET bucket key         -> value\\r\\nOK      (missing key: an empty value line)
     DELETE bucket key      -> OK
 
+Each verb is declared once, in :data:`VERBS`: its words, the task it maps to (whose
+name is also the :class:`~pyrokv.Registry` method it calls) and the format of its
+reply. The parser, the node's own handlers (:func:`handlers`), the owner side of a
+forwarded line, the :class:`~pyrokv.Client` and the tests all read that table.
+
 Words are bytes: a line is decoded as UTF-8 with ``surrogateescape``, so any byte
 but whitespace (NUL and bytes that are not UTF-8 included) is stored and returned
 exactly. See docs/protocol.md.
@@ -14,22 +19,31 @@ exactly. See docs/protocol.md.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from .errors import BucketNotFoundError, PyroKVError
+from . import tasks
+from .errors import BucketNotFoundError, ProtocolError, PyroKVError
+from .table import check_node_name
 
 __all__ = [
     "DEFAULT_MAX_LINE",
+    "FORWARD",
+    "INTERNAL_ERROR",
     "LINE_TOO_LONG",
     "NOT_FOUND",
     "OK",
     "UNKNOWN",
+    "VERBS",
     "Command",
+    "Handler",
+    "Verb",
     "error_reply",
     "forward_line",
     "framed",
-    "get_reply",
-    "parse_forwarded",
+    "handlers",
+    "parse_forward",
     "parse_line",
     "reply_for",
     "value_reply",
@@ -42,13 +56,82 @@ _LINE_OK = b"\r\nOK\r\n"
 NOT_FOUND = b"NOT FOUND\r\n"
 UNKNOWN = b"UNKNOWN COMMAND\r\n"
 LINE_TOO_LONG = b"ERROR line too long\r\n"
+#: What a client sees when handling its request failed inside the node (the node
+#: logs the detail; nothing internal reaches the client).
+INTERNAL_ERROR = b"ERROR internal error (see the node's log)\r\n"
+_MULTILINE = (
+    b"ERROR the value holds a line break and cannot be sent as one line; "
+    b"read it with the Python client\r\n"
+)
 
-#: command word -> (task, number of words after the command)
-_COMMANDS: dict[bytes, tuple[str, int]] = {
-    b"CREATE": ("pyrokv.tasks.create", 1),
-    b"PUT": ("pyrokv.tasks.put", 3),
-    b"GET": ("pyrokv.tasks.get", 2),
-    b"DELETE": ("pyrokv.tasks.delete", 2),
+#: The first word of a line forwarded node to node (see :func:`forward_line`).
+FORWARD = b"FWD"
+
+
+def value_reply(value: Any) -> bytes:
+    """The reply to a GET: the value's line, then OK. A missing key is an empty line."""
+    if type(value) is str:  # the common case first: a value stored as text
+        data = value.encode("utf-8", "surrogateescape")
+    elif value is None:
+        data = b""
+    elif isinstance(value, (bytes, bytearray)):
+        data = bytes(value)
+    else:  # stored by the Python client as another type
+        data = repr(value).encode("utf-8", "backslashreplace")
+    if 10 in data or 13 in data:  # b"\n", b"\r" (an int is the fast membership test)
+        return _MULTILINE
+    return data + _LINE_OK
+
+
+@dataclass(frozen=True)
+class Verb:
+    """One verb of the text protocol, declared once.
+
+    ``params`` name the words after the verb (the first is always the bucket, which
+    routes the request); ``task`` is the task function it runs on the bucket's owner,
+    whose name is also the :class:`~pyrokv.Registry` method the task calls;
+    ``reply`` formats the task's result (None: the reply is ``OK``).
+    """
+
+    name: bytes
+    params: tuple[str, ...]
+    task: Callable[..., Any]
+    reply: Callable[[Any], bytes] | None = None
+
+    @property
+    def words(self) -> int:
+        """Words in a request line of this verb, the verb included."""
+        return 1 + len(self.params)
+
+    @property
+    def task_name(self) -> str:
+        """The dotted name the task runs under: ``pyrokv.tasks.get``."""
+        return f"{self.task.__module__}.{self.task.__name__}"
+
+    @property
+    def method(self) -> str:
+        """The :class:`~pyrokv.Registry` method the task calls: ``get``."""
+        return self.task.__name__
+
+    @property
+    def usage(self) -> str:
+        """How a request of this verb is written: ``PUT BUCKET KEY VALUE``."""
+        return " ".join([self.name.decode(), *self.params])
+
+    def reply_to(self, result: Any) -> bytes:
+        """The reply to a request of this verb whose task returned ``result``."""
+        return OK if self.reply is None else self.reply(result)
+
+
+#: Every verb, by its word.
+VERBS: dict[bytes, Verb] = {
+    verb.name: verb
+    for verb in (
+        Verb(b"CREATE", ("BUCKET",), tasks.create),
+        Verb(b"PUT", ("BUCKET", "KEY", "VALUE"), tasks.put),
+        Verb(b"GET", ("BUCKET", "KEY"), tasks.get, value_reply),
+        Verb(b"DELETE", ("BUCKET", "KEY"), tasks.delete),
+    )
 }
 
 
@@ -64,31 +147,16 @@ class Command(NamedTuple):
 def parse_line(line: bytes) -> Command | None:
     """Parse one request line (without or with its line ending); None if it is not a command."""
     words = line.split()
-    if not words:
-        return None
-    spec = _COMMANDS.get(words[0])
-    if spec is None or len(words) != spec[1] + 1:
+    verb = VERBS.get(words[0]) if words else None
+    if verb is None or len(words) != verb.words:
         return None
     args = [w.decode("utf-8", "surrogateescape") for w in words[1:]]
-    return Command(words[0], spec[0], args[0], args)
+    return Command(verb.name, verb.task_name, args[0], args)
 
 
-def value_reply(value: Any) -> bytes:
-    """The reply to a GET: the value's line, then OK. A missing key is an empty line."""
-    if value is None:
-        data = b""
-    elif isinstance(value, str):
-        data = value.encode("utf-8", "surrogateescape")
-    elif isinstance(value, (bytes, bytearray)):
-        data = bytes(value)
-    else:  # stored by the Python client as another type
-        data = repr(value).encode("utf-8", "backslashreplace")
-    if 10 in data or 13 in data:  # b"\n", b"\r" (an int is the fast membership test)
-        return (
-            b"ERROR the value holds a line break and cannot be sent as one line; "
-            b"read it with the Python client\r\n"
-        )
-    return data + b"\r\n" + OK
+def reply_for(command: Command, result: Any) -> bytes:
+    """The reply to a command that succeeded with ``result``."""
+    return VERBS[command.verb].reply_to(result)
 
 
 def error_reply(exc: BaseException) -> bytes:
@@ -100,7 +168,92 @@ def error_reply(exc: BaseException) -> bytes:
     return b"ERROR " + text.encode("utf-8", "backslashreplace") + b"\r\n"
 
 
-def forward_line(budget: float, path: list[str], line: bytes) -> bytes:
+# -- a node's own handlers ---------------------------------------------------------
+
+#: Takes the words of a request line (``line.split()``, the verb first) and returns
+#: the reply; raises what the registry raised.
+Handler = Callable[[list[bytes]], bytes]
+
+
+def handlers(registry: Any) -> dict[bytes, tuple[int, Handler, Verb]]:
+    """Every verb run straight on ``registry``: word -> (words in its line, handler, verb).
+
+    This is the path of every text request for a bucket of the node, so it is
+    written for speed: no :class:`Command`, each word decoded where it is used, no
+    task machinery (allowlist, context variable), which is there for tasks named
+    by clients. A plain tuple, not a record: it is read once per request.
+    """
+    return {
+        verb.name: (
+            verb.words,
+            _handler(getattr(registry, verb.method), verb.reply, len(verb.params)),
+            verb,
+        )
+        for verb in VERBS.values()
+    }
+
+
+def _handler(
+    method: Callable[..., Any], reply: Callable[[Any], bytes] | None, arity: int
+) -> Handler:
+    # One closure per shape (arity, reply or OK), not per verb; the words are
+    # decoded inline because a generic loop over them costs more than the request.
+    ok = OK
+    if arity == 1 and reply is None:
+
+        def run1(w: list[bytes]) -> bytes:
+            method(w[1].decode("utf-8", "surrogateescape"))
+            return ok
+
+        return run1
+    if arity == 2 and reply is None:
+
+        def run2(w: list[bytes]) -> bytes:
+            method(
+                w[1].decode("utf-8", "surrogateescape"),
+                w[2].decode("utf-8", "surrogateescape"),
+            )
+            return ok
+
+        return run2
+    if arity == 2 and reply is not None:
+        answer = reply
+
+        def get2(w: list[bytes]) -> bytes:
+            return answer(
+                method(
+                    w[1].decode("utf-8", "surrogateescape"),
+                    w[2].decode("utf-8", "surrogateescape"),
+                )
+            )
+
+        return get2
+    if arity == 3 and reply is None:
+
+        def run3(w: list[bytes]) -> bytes:
+            method(
+                w[1].decode("utf-8", "surrogateescape"),
+                w[2].decode("utf-8", "surrogateescape"),
+                w[3].decode("utf-8", "surrogateescape"),
+            )
+            return ok
+
+        return run3
+
+    def run_any(w: list[bytes]) -> bytes:  # any other shape: the general form
+        result = method(*(x.decode("utf-8", "surrogateescape") for x in w[1:]))
+        return OK if reply is None else reply(result)
+
+    return run_any
+
+
+# -- node to node ----------------------------------------------------------------
+
+#: Longest budget a forwarded line may carry, in milliseconds (a day).
+MAX_BUDGET_MS = 86_400_000
+
+
+def forward_line(budget: float, path: Sequence[str], line: bytes) -> bytes:
     """A request forwarded node to node: ``FWD <ms left> <path> <original line>``."""
     return b"FWD %d %s %s\r\n" % (
         max(int(budget * 1000), 0),
@@ -109,32 +262,25 @@ def forward_line(budget: float, path: list[str], line: bytes) -> bytes:
     )
 
 
-def parse_forwarded(line: bytes) -> tuple[float, list[str], bytes] | None:
-    """Read a ``FWD`` line into (seconds left, nodes visited, original line)."""
-    parts = line.split(b" ", 3)
-    if len(parts) != 4 or not parts[1].isdigit() or not parts[2]:
-        return None
+def parse_forward(words: list[bytes]) -> tuple[float, tuple[str, ...]]:
+    """The (seconds left, nodes visited) of a ``FWD`` line's words; the request is ``words[3:]``.
+
+    Raises :class:`ProtocolError` naming the field that is malformed.
+    """
+    if len(words) < 4:
+        raise ProtocolError("FWD needs <ms left> <path> <request>")
+    ms = words[1]
+    if not ms.isdigit() or len(ms) > 9 or int(ms) > MAX_BUDGET_MS:
+        raise ProtocolError(f"FWD budget {ms[:20]!r} is not 0..{MAX_BUDGET_MS} ms")
     try:
-        path = parts[2].decode("ascii").split(",")
-    except UnicodeDecodeError:
-        return None
-    return int(parts[1]) / 1000, path, parts[3]
+        path = tuple(
+            check_node_name(name) for name in words[2].decode("ascii").split(",")
+        )
+    except (UnicodeDecodeError, PyroKVError):
+        raise ProtocolError(f"FWD path {words[2][:60]!r} is not node names") from None
+    return int(ms) / 1000, path
 
 
 def framed(reply: bytes) -> bytes:
     """A reply to a ``FWD`` line: its length on a line of its own, then the reply."""
     return b"%d\r\n%s" % (len(reply), reply)
-
-
-def reply_for(command: Command, result: Any) -> bytes:
-    """The reply to a command that succeeded with ``result``."""
-    return get_reply(result) if command.verb == b"GET" else OK
-
-
-def get_reply(value: Any) -> bytes:
-    """:func:`value_reply`, quicker for the common case: a one-line str."""
-    if type(value) is str:
-        data = value.encode("utf-8", "surrogateescape")
-        if 10 not in data and 13 not in data:  # no b"\n" or b"\r"
-            return data + _LINE_OK
-    return value_reply(value)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from Pyro5.api import expose
 
 from . import tasks
-from .errors import TaskArgumentError, TaskNotAllowedError
+from .errors import NoRouterError, TaskArgumentError, TaskNotAllowedError
 
 if TYPE_CHECKING:
     from .registry import Registry
@@ -112,7 +112,7 @@ class TaskRunner:
         in seconds, for the whole route.
         """
         if self.router is None:
-            raise TaskNotAllowedError(f"node {self.node!r} has no router to route with")
+            raise NoRouterError(f"node {self.node!r} has no router to route with")
         return self.router.forwarded(bucket, func, args, kwargs, list(path), budget)
 
     def route_batch(
@@ -128,7 +128,7 @@ class TaskRunner:
         into one Pyro5 call is what lets routed throughput grow with clients.
         """
         if self.router is None:
-            raise TaskNotAllowedError(f"node {self.node!r} has no router to route with")
+            raise NoRouterError(f"node {self.node!r} has no router to route with")
         forwarded = self.router.forwarded
         results: list[list[Any]] = []
         for bucket, func, args in items:

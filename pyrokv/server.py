@@ -1,14 +1,12 @@
-"""The text-protocol server of a node: a thin asyncio layer over protocol.py and the router.
+"""The text-protocol server of a node: a thin asyncio layer over protocol, routing and a transport.
 
-Concurrency model (see docs/protocol.md for the measurements behind it): one asyncio
-event loop, in its own thread, owns every connection. A request for a bucket that
-this node owns runs inline on the loop (a dict operation: microseconds). A request
-for another node's bucket goes to its owner over a peer link (pyrokv/peer.py), on
-the same loop; or, with TLS or an owner without a text port, over Pyro5 from a
-thread pool, coalesced per owner. Either way the loop goes on serving everyone
-else, and the reply is written when it comes back, in request order for its
-connection. So thousands of idle or slow connections cost no threads, and a slow
-owner never holds up local buckets.
+One asyncio event loop, in its own thread, owns every connection (see
+docs/protocol.md for the concurrency model and docs/architecture.md for the flow).
+Each request line is decided once (:class:`~pyrokv.routing.Routing`): a request
+for a bucket of this node runs inline on the loop, straight on the registry (a dict
+operation: microseconds); any other goes to its owner through the server's
+:class:`~pyrokv.transport.Transport`, and the loop goes on serving everyone else.
+The reply is written when it comes back, in request order for its connection.
 """
 
 from __future__ import annotations
@@ -16,89 +14,39 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import logging
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 from . import protocol
-from .peer import Forward, PeerLanes
-from .protocol import Command
+from .errors import ProtocolError
+from .peer import PeerLinks
+from .protocol import FORWARD, Handler, Verb
 from .registry import Registry
 from .router import Router
+from .routing import HERE, Decision, Hop
+from .transport import Forward, PyroLanes, Transport
 
 __all__ = [
     "DEFAULT_IDLE_TIMEOUT",
     "DEFAULT_MAX_CONNECTIONS",
-    "DEFAULT_ROUTE_WORKERS",
+    "ROUTE_WORKERS",
     "TextServer",
-    "local_verbs",
 ]
+
+log = logging.getLogger("pyrokv.server")
 
 DEFAULT_IDLE_TIMEOUT = 300.0
 DEFAULT_MAX_CONNECTIONS = 1000
-DEFAULT_ROUTE_WORKERS = 32
-#: Batches in flight to one owner at once, and commands in one batch.
-SENDERS_PER_OWNER = 2
-MAX_BATCH = 64
+#: Threads that make Pyro5 calls for routed text requests (and name-server look-ups).
+ROUTE_WORKERS = 32
 # Pause reading a connection whose unsent replies pass this many bytes (a client
 # that pipelines without reading), and whose queued requests pass this many lines.
 _HIGH_WATER = 1 << 20
 _MAX_QUEUED = 1024
 # The clock of asyncio's loop.time(), called directly: once per request.
 _monotonic = time.monotonic
-
-
-def local_verbs(
-    registry: Registry,
-) -> dict[bytes, tuple[int, Callable[[list[bytes]], bytes]]]:
-    """The four verbs run on ``registry``: verb -> (words in its line, handler).
-
-    A handler takes the words of a request line (``line.split()``) and returns the
-    reply. This is the path of every request for a bucket of the node, so it is
-    written for speed: no :class:`Command`, each word decoded where it is used.
-    """
-    create, put, get, delete = (
-        registry.create,
-        registry.put,
-        registry.get,
-        registry.delete,
-    )
-    ok, get_reply = protocol.OK, protocol.get_reply
-
-    def do_create(w: list[bytes]) -> bytes:
-        create(w[1].decode("utf-8", "surrogateescape"))
-        return ok
-
-    def do_put(w: list[bytes]) -> bytes:
-        put(
-            w[1].decode("utf-8", "surrogateescape"),
-            w[2].decode("utf-8", "surrogateescape"),
-            w[3].decode("utf-8", "surrogateescape"),
-        )
-        return ok
-
-    def do_get(w: list[bytes]) -> bytes:
-        return get_reply(
-            get(
-                w[1].decode("utf-8", "surrogateescape"),
-                w[2].decode("utf-8", "surrogateescape"),
-            )
-        )
-
-    def do_delete(w: list[bytes]) -> bytes:
-        delete(
-            w[1].decode("utf-8", "surrogateescape"),
-            w[2].decode("utf-8", "surrogateescape"),
-        )
-        return ok
-
-    return {
-        b"CREATE": (2, do_create),
-        b"PUT": (4, do_put),
-        b"GET": (3, do_get),
-        b"DELETE": (3, do_delete),
-    }
 
 
 class _Connection(asyncio.Protocol):
@@ -110,6 +58,7 @@ class _Connection(asyncio.Protocol):
         self.buffer = b""
         self.queue: collections.deque[bytes] = collections.deque()
         self.waiting = False  # a routed request of this connection is in flight
+        self.framed = False  # ... and it came as FWD: frame its reply
         self.closing = False
         self.paused = False
         self.idle: asyncio.TimerHandle | None = None
@@ -184,7 +133,6 @@ class _Connection(asyncio.Protocol):
 
     too_long = False
     eof = False
-    framed = False  # the request in flight came as FWD: frame its reply
 
     def _run(self) -> None:
         """Answer queued lines in order until one must wait for another node."""
@@ -194,8 +142,8 @@ class _Connection(asyncio.Protocol):
         out: list[bytes] = []
         queue = self.queue
         server = self.server
-        node, verbs = server.node, server.verbs
-        by_byte = server.router.table.by_byte  # one table for the whole batch
+        handlers = server.handlers
+        fresh = server.routing.fresh  # one table for the whole batch
         while queue and not self.waiting:
             line = queue.popleft()
             if self.too_long and not queue:
@@ -203,19 +151,20 @@ class _Connection(asyncio.Protocol):
                 self.closing = True
                 break
             words = line.split()
-            verb = verbs.get(words[0]) if words else None
-            if (
-                verb is not None
-                and len(words) == verb[0]
-                and by_byte[words[1][0]] == node
-            ):
-                # The common case, a bucket of this node: answered here and now.
-                try:
-                    out.append(verb[1](words))
-                except Exception as exc:  # no bucket, bad key: one reply
-                    out.append(protocol.error_reply(exc))
+            handler = handlers.get(words[0]) if words else None
+            if handler is not None and len(words) == handler[0]:
+                decision = fresh[words[1][0]]  # the routing decision, precomputed
+                if decision is HERE:  # the common case: answered here and now
+                    try:
+                        out.append(handler[1](words))
+                    except Exception as exc:  # no bucket, bad key: one reply
+                        out.append(protocol.error_reply(exc))
+                else:
+                    self._route(words, line, handler[2], decision, out)
+            elif words and words[0] == FORWARD:
+                self._forwarded(words, line, out)
             else:
-                self._other(line, out)
+                out.append(protocol.UNKNOWN)
         if out:
             transport.write(out[0] if len(out) == 1 else b"".join(out))
         if self.closing or (self.eof and not queue and not self.waiting):
@@ -223,72 +172,59 @@ class _Connection(asyncio.Protocol):
         elif self.paused and len(queue) <= _MAX_QUEUED // 2:
             self._resume()
 
-    def _other(self, line: bytes, out: list[bytes]) -> None:
-        """Answer a line that is not a request for a bucket in ``verbs``: route it."""
-        command = protocol.parse_line(line)
-        if command is None:
-            if line.startswith(b"FWD "):  # forwarded by another node
-                self._run_forwarded(line, out)
-            else:
-                out.append(protocol.UNKNOWN)
-            return
-        server = self.server
+    def _route(
+        self,
+        words: list[bytes],
+        line: bytes,
+        verb: Verb,
+        decision: Decision | None,
+        out: list[bytes],
+    ) -> None:
+        """A client's request for a bucket of another node (or of none): send it on."""
+        routing = self.server.routing
         try:
-            if server.router.table.owner(command.bucket) == server.node:
-                out.append(server.local_reply(command, line))
-                return
-        except Exception as exc:  # no route, no bucket, bad key: one reply
+            if decision is None:  # no entry: decide() raises the error, naming it
+                decision = routing.decide(words[1].decode("utf-8", "surrogateescape"))
+        except Exception as exc:
             out.append(protocol.error_reply(exc))
             return
-        self._forward(command, line, [], server.router.timeout, out)
+        assert isinstance(decision, Hop)
+        self._send(words, line, verb, decision, _monotonic() + routing.timeout)
 
-    def _run_forwarded(self, line: bytes, out: list[bytes]) -> None:
-        """Answer a ``FWD`` line: route it by this node's table; reply framed."""
-        router = self.server.router
-        parsed = protocol.parse_forwarded(line)
-        command = None if parsed is None else protocol.parse_line(parsed[2])
-        if parsed is None or command is None:
-            out.append(protocol.framed(protocol.UNKNOWN))
-            return
-        budget, upstream, inner = parsed
+    def _forwarded(self, words: list[bytes], line: bytes, out: list[bytes]) -> None:
+        """A ``FWD`` line from another node: decide by this node's table; reply framed."""
+        server = self.server
         try:
-            owner = router.next_hop(command.bucket, [*upstream, self.server.node])
-            if owner is None:
-                reply = self.server.local_reply(command, inner)
-            else:
-                self.framed = True
-                self._forward(command, inner, upstream, budget, out)
+            budget, path = protocol.parse_forward(words)
+            inner = words[3:]
+            handler = server.handlers.get(inner[0])
+            if handler is None or len(inner) != handler[0]:
+                out.append(protocol.framed(protocol.UNKNOWN))
                 return
+            bucket = inner[1].decode("utf-8", "surrogateescape")
+            decision = server.routing.decide(bucket, path)
+            if decision is HERE:
+                reply = handler[1](inner)
+            else:
+                assert isinstance(decision, Hop)
+                deadline = _monotonic() + server.routing.limit(budget)
+                self.framed = True
+                self._send(
+                    inner, line.split(None, 3)[3], handler[2], decision, deadline
+                )
+                return
+        except ProtocolError:
+            reply = protocol.UNKNOWN
         except Exception as exc:
             reply = protocol.error_reply(exc)
         out.append(protocol.framed(reply))
 
-    def _forward(
-        self,
-        command: Command,
-        line: bytes,
-        upstream: list[str],
-        budget: float,
-        out: list[bytes],
+    def _send(
+        self, words: list[bytes], line: bytes, verb: Verb, hop: Hop, deadline: float
     ) -> None:
-        """Send ``command`` on towards its owner; this connection waits for it."""
-        router = self.server.router
-        try:
-            path = [*upstream, self.server.node]
-            owner = router.next_hop(command.bucket, path)
-        except Exception as exc:
-            reply = protocol.error_reply(exc)
-            out.append(protocol.framed(reply) if self.framed else reply)
-            self.framed = False
-            return
-        if owner is None:  # the table changed under us: it is ours now
-            owner = self.server.node
-        limit = min(budget, router.timeout)
+        """Hand a request to the server's transport; this connection waits for it."""
         self.waiting = True
-        self.server.forward(
-            owner,
-            Forward(self, command, line, upstream, path, time.monotonic() + limit),
-        )
+        self.server.transport.send(Forward(self, verb, words, line, hop, deadline))
 
     def routed(self, reply: bytes) -> None:
         """The reply of this connection's routed request (called on the loop)."""
@@ -339,7 +275,12 @@ class _Connection(asyncio.Protocol):
 
 
 class TextServer:
-    """Serves the text protocol on (host, port) in a background thread, over ``router``."""
+    """Serves the text protocol on (host, port) in a background thread.
+
+    Requests for ``registry``'s buckets run on it; the others go through
+    ``router``: over peer links to owners that serve text (``peer_links``), else
+    over Pyro5.
+    """
 
     def __init__(
         self,
@@ -347,35 +288,27 @@ class TextServer:
         host: str = "127.0.0.1",
         port: int = 0,
         *,
+        registry: Registry,
         max_line: int = protocol.DEFAULT_MAX_LINE,
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
-        route_workers: int = DEFAULT_ROUTE_WORKERS,
         peer_links: bool = True,
-        registry: Registry | None = None,
     ) -> None:
         if router.node is None or router.local is None:
             raise ValueError("a TextServer needs the router of a node (node, local)")
         self.router = router
+        self.routing = router.routing
         self.node: str = router.node
-        # The four verbs on a bucket of this node run straight on the registry:
-        # no task machinery (allowlist lookup, context variable), which is there
-        # for tasks named by clients, not for these.
-        self.verbs: dict[bytes, tuple[int, Callable[[list[bytes]], bytes]]] = (
-            {} if registry is None else local_verbs(registry)
+        self.handlers: dict[bytes, tuple[int, Handler, Verb]] = protocol.handlers(
+            registry
         )
         self.max_line = max_line
         self.idle_timeout = idle_timeout
         self.max_connections = max_connections
         self.connections: set[_Connection] = set()
         self.loop = asyncio.new_event_loop()
-        self._lock = threading.Lock()
-        self._pending: collections.defaultdict[str, collections.deque[Forward]] = (
-            collections.defaultdict(collections.deque)
-        )
-        self._senders: collections.Counter[str] = collections.Counter()
         self._pool = concurrent.futures.ThreadPoolExecutor(
-            max_workers=route_workers, thread_name_prefix="pyrokv-route"
+            max_workers=ROUTE_WORKERS, thread_name_prefix="pyrokv-route"
         )
         try:
             self._server = self.loop.run_until_complete(
@@ -388,112 +321,23 @@ class TextServer:
             self.loop.close()
             raise
         self.address: tuple[str, int] = self._server.sockets[0].getsockname()[:2]
-        self.lanes = (
-            PeerLanes(self.loop, router, self._pool, self._over_pyro)
+        pyro = PyroLanes(self.loop, router, self._pool)
+        self.transport: Transport = (
+            PeerLinks(self.loop, router.directory, pyro, self._pool, router.timeout)
             if peer_links
-            else None
+            else pyro
         )
         self._thread = threading.Thread(
             target=self.loop.run_forever, name="pyrokv-text", daemon=True
         )
         self._thread.start()
 
-    def local_reply(self, command: Command, line: bytes) -> bytes:
-        """Run ``command`` (parsed from ``line``) on this node, its owner; the reply."""
-        if self.verbs:
-            return self.verbs[command.verb][1](line.split())
-        result = self.router.local(command.task, command.args, None)  # type: ignore[misc]
-        return protocol.reply_for(command, result)
-
-    def forward(self, owner: str, item: Forward) -> None:
-        """Send ``item`` towards ``owner``: on a peer link, else over Pyro5 (on the loop)."""
-        if self.lanes is not None:
-            self.lanes.send(owner, item)
-        else:
-            self._over_pyro(owner, item)
-
-    def _over_pyro(self, owner: str, item: Forward) -> None:
-        """Queue ``item`` for its next hop; a sender on the pool takes it there.
-
-        Requests for the same owner that arrive while a sender is busy travel
-        together in its next Pyro5 call (``Router.forward_batch``): one round trip
-        for many clients.
-        """
-        with self._lock:
-            self._pending[owner].append(item)
-            if self._senders[owner] >= SENDERS_PER_OWNER:
-                return
-            self._senders[owner] += 1
-        self._pool.submit(self._drain, owner)
-
-    def _drain(self, owner: str) -> None:
-        """Send ``owner``'s queued requests in batches until none are left."""
-        while True:
-            with self._lock:
-                pending = self._pending[owner]
-                if not pending:
-                    self._senders[owner] -= 1
-                    return
-                batch = [pending.popleft() for _ in range(min(len(pending), MAX_BATCH))]
-            replies = self._send(owner, batch)
-            try:
-                self.loop.call_soon_threadsafe(self._deliver, replies)
-            except RuntimeError:  # the loop was closed: the server is stopping
-                with self._lock:
-                    self._senders[owner] -= 1
-                return
-
-    def _send(self, owner: str, batch: list[Forward]) -> list[tuple[Any, bytes]]:
-        # Deadlines count from arrival: time spent queued behind other routed
-        # requests (a hung owner holds the senders) counts too.
-        left = min(item.deadline for item in batch) - time.monotonic()
-        singles = [item for item in batch if item.upstream] if len(batch) > 1 else batch
-        together = (
-            [item for item in batch if not item.upstream] if len(batch) > 1 else []
-        )
-        replies: list[tuple[Any, bytes]] = []
-        for item in singles:  # nothing to coalesce: the plain call is cheaper
-            c = item.command
-            try:
-                value = self.router.forwarded(
-                    c.bucket, c.task, c.args, None, item.upstream, left
-                )
-                replies.append((item.conn, protocol.reply_for(c, value)))
-            except Exception as exc:
-                replies.append((item.conn, protocol.error_reply(exc)))
-        if together:
-            items = [
-                [i.command.bucket, i.command.task, i.command.args] for i in together
-            ]
-            try:
-                results = self.router.forward_batch(owner, items, timeout=left)
-            except Exception as exc:  # owner unreachable: the same error for all
-                reply = protocol.error_reply(exc)
-                replies += [(item.conn, reply) for item in together]
-            else:
-                replies += [
-                    (
-                        item.conn,
-                        protocol.reply_for(item.command, value)
-                        if ok
-                        else protocol.error_reply(value),
-                    )
-                    for item, (ok, value) in zip(together, results, strict=True)
-                ]
-        return replies
-
-    @staticmethod
-    def _deliver(replies: list[tuple[Any, bytes]]) -> None:
-        for conn, reply in replies:
-            conn.routed(reply)
-
     def stop(self) -> None:
         """Close every connection and the listening socket; stop the thread."""
 
         async def shutdown() -> None:
             self._server.close()
-            if self.lanes is not None:
-                self.lanes.close()
+            self.transport.close()
             for conn in list(self.connections):
                 if conn.transport is not None:
                     conn.transport.abort()

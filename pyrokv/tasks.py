@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextvars
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from .errors import PyroKVError
+from .errors import NotInTaskError
 
 if TYPE_CHECKING:
     from .registry import Registry
@@ -44,7 +44,7 @@ def current() -> TaskContext:
     try:
         return _current.get()
     except LookupError:
-        raise PyroKVError(
+        raise NotInTaskError(
             "pyrokv tasks run on a node: call them through Router.route or "
             "TaskRunner.run, not directly"
         ) from None

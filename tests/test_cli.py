@@ -60,7 +60,7 @@ def test_no_name_server_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> 
     assert main(["call", "hello", "node_name", "--ns", "127.0.0.1:1"]) == 1
     err = capsys.readouterr().err
     assert err.startswith(
-        "pyrokv: NodeUnavailableError: cannot reach the name server at 127.0.0.1:1"
+        "pyrokv: NameServerUnavailableError: cannot reach the name server at 127.0.0.1:1"
     )
     assert main(["status", "--ns", "127.0.0.1:1"]) == 1
 

@@ -97,7 +97,7 @@ def test_routing_over_mutual_tls(
     plain = call(ns, "hello", "node_name")
     assert plain.returncode == 1
     assert plain.stderr.startswith(
-        "pyrokv: NodeUnavailableError: cannot reach the name server"
+        "pyrokv: NameServerUnavailableError: cannot reach the name server"
     )
     rogue = call(ns, "hello", "node_name", *certs["rogue"])
     assert rogue.returncode == 1

@@ -1,0 +1,211 @@
+"""Calls to other nodes over Pyro5: a per-thread proxy pool, and Pyro5 errors made pyrokv's.
+
+A Pyro5 proxy belongs to one thread, so each thread keeps one proxy per node and
+reuses it (a new proxy per call runs at 0.32x the rate). Where a node is comes from
+the :class:`~pyrokv.directory.Directory`, shared by every thread. :func:`translate`
+turns each Pyro5 failure into a pyrokv error, here at the edge: a Pyro5
+``CommunicationError`` escaping a node's exposed method would make Pyro5 drop the
+caller's connection.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+import time
+import weakref
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import Pyro5.errors
+from Pyro5.api import Proxy
+
+from .directory import Directory, Entry
+from .errors import (
+    NodeTimeoutError,
+    NodeUnavailableError,
+    NodeUnreachableError,
+    PyroKVError,
+    UndecodableReplyError,
+)
+from .routing import inner_budget
+from .wire import PEER_IDLE_TIMEOUT
+
+__all__ = ["RECONNECT_IDLE", "Held", "ProxyPool", "translate"]
+
+#: A proxy unused for this long is reconnected before its next call: the node at
+#: the other end closes connections idle for PEER_IDLE_TIMEOUT (60 s).
+RECONNECT_IDLE = PEER_IDLE_TIMEOUT / 2
+
+_LINGER_0 = struct.pack("ii", 1, 0)
+
+T = TypeVar("T")
+
+
+def translate(
+    exc: Pyro5.errors.PyroError,
+    owner: str,
+    *,
+    limit: float,
+    location: str,
+    connecting: bool = False,
+) -> PyroKVError:
+    """The pyrokv error for a Pyro5 failure ``exc`` while calling ``owner``.
+
+    ``limit`` is the time the call had; ``location`` the address it went to;
+    ``connecting`` says the failure came while opening the connection.
+    """
+    if isinstance(exc, Pyro5.errors.SerializeError):
+        return UndecodableReplyError(
+            f"node {owner!r} answered with something this process cannot rebuild: {exc}"
+        )
+    # Pyro5 reports a connect that timed out as a plain CommunicationError caused
+    # by a socket timeout: it is the same fault as a slow answer.
+    if isinstance(exc, Pyro5.errors.TimeoutError) or isinstance(
+        exc.__cause__, TimeoutError
+    ):
+        return NodeTimeoutError.after(owner, limit, location if connecting else None)
+    if connecting:
+        return NodeUnreachableError(
+            f"node {owner!r} is registered at {location} but is not reachable: {exc}"
+        )
+    return NodeUnreachableError(f"node {owner!r} at {location} is not reachable: {exc}")
+
+
+@dataclass(slots=True)
+class Held:
+    """One thread's proxy for one node, built from the directory entry ``epoch``."""
+
+    proxy: Any
+    epoch: int
+    used: float
+
+
+class _ThreadProxies:
+    """Every proxy of one thread, by node. The pool keeps only a weak reference, so
+    when a worker thread ends, its proxies are collected and their connections closed."""
+
+    __slots__ = ("__weakref__", "held")
+
+    def __init__(self) -> None:
+        self.held: dict[str, Held] = {}
+
+
+class ProxyPool:
+    """Pyro5 calls to nodes' TaskRunners, from any thread, each on its own proxies."""
+
+    def __init__(self, directory: Directory) -> None:
+        self.directory = directory
+        self._local = threading.local()
+        self._all: weakref.WeakSet[_ThreadProxies] = weakref.WeakSet()
+        self._all_lock = threading.Lock()
+
+    def call(
+        self,
+        owner: str,
+        limit: float,
+        send: Callable[[Any, float], T],
+        path: Sequence[str] = (),
+    ) -> T:
+        """``send(proxy, inner_budget)`` on ``owner``'s TaskRunner, within ``limit`` seconds.
+
+        ``path`` (the nodes visited) only names the route in an error. A call that
+        fails to connect because the node restarted at another address is sent once
+        more, to the new process (the old one is gone, so it runs once).
+        """
+        if limit <= 0:
+            raise NodeTimeoutError.no_time_left(owner, " -> ".join(path) or "-")
+        deadline = time.monotonic() + limit
+        inner = inner_budget(limit)
+        for attempt in (1, 2):
+            proxy = self.proxy(owner, deadline)
+            proxy._pyroTimeout = max(deadline - time.monotonic(), 0.001)
+            try:
+                return send(proxy, inner)
+            except Pyro5.errors.CommunicationError as exc:
+                location = proxy._pyroUri.location
+                error = translate(exc, owner, limit=limit, location=location)
+                if not isinstance(error, UndecodableReplyError):
+                    self.directory.forget(owner)
+                if (
+                    attempt == 1
+                    and isinstance(error, NodeUnreachableError)
+                    and self._moved(owner, location, deadline)
+                ):
+                    continue
+                raise error from exc
+        raise AssertionError("unreachable")
+
+    def _moved(self, owner: str, old: str, deadline: float) -> bool:
+        """Whether the name server now has ``owner`` at an address other than ``old``."""
+        try:
+            entry = self.directory.lookup(owner, deadline)
+        except NodeUnavailableError:
+            return False
+        return bool(entry.uri.location != old)
+
+    def proxy(self, owner: str, deadline: float) -> Any:
+        """This thread's proxy for ``owner``'s TaskRunner, reconnected when stale."""
+        mine = self._mine()
+        known = self.directory.cached(owner)
+        held = mine.held.get(owner)
+        if held is not None:
+            now = time.monotonic()
+            current = known is not None and held.epoch == known.epoch
+            if current and now - held.used < RECONNECT_IDLE:
+                held.used = now
+                return held.proxy
+            del mine.held[owner]
+            held.proxy._pyroRelease()
+        fresh = known is None
+        entry = known if known is not None else self.directory.lookup(owner, deadline)
+        return self._connect(mine, entry, deadline, fresh)
+
+    def _connect(
+        self, mine: _ThreadProxies, entry: Entry, deadline: float, fresh: bool
+    ) -> Any:
+        owner = entry.node
+        proxy = Proxy(entry.uri)
+        proxy._pyroTimeout = max(deadline - time.monotonic(), 0.001)
+        try:
+            proxy._pyroBind()
+        except Pyro5.errors.CommunicationError as exc:
+            self.directory.forget(owner)
+            error = translate(
+                exc,
+                owner,
+                limit=proxy._pyroTimeout,
+                location=entry.uri.location,
+                connecting=True,
+            )
+            if fresh or not isinstance(error, NodeUnreachableError):
+                raise error from exc
+            # The cached address may be from before a restart: look it up again.
+            return self.proxy(owner, deadline)
+        # Close with a reset, not a FIN: a request that timed out must not sit in
+        # the kernel's send queue and reach the node when the link comes back.
+        sock = proxy._pyroConnection.sock
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_0)
+        mine.held[owner] = Held(proxy, entry.epoch, time.monotonic())
+        return proxy
+
+    def _mine(self) -> _ThreadProxies:
+        mine: _ThreadProxies | None = getattr(self._local, "proxies", None)
+        if mine is None:
+            mine = self._local.proxies = _ThreadProxies()
+            with self._all_lock:
+                self._all.add(mine)
+        return mine
+
+    def close(self) -> None:
+        """Close every proxy of every thread."""
+        with self._all_lock:
+            every = list(self._all)
+        for mine in every:
+            for held in list(mine.held.values()):
+                held.proxy._pyroClaimOwnership()
+                held.proxy._pyroRelease()
+            mine.held.clear()
+        self.directory.clear()

@@ -1,0 +1,169 @@
+"""The routing decision: where a request goes from this node. Pure: no network.
+
+A request's fate on a node is one of: run here (:data:`HERE`), go on to owner X
+with the path visited so far (:class:`Hop`), or an error (:class:`NoRouteError`:
+no entry; :class:`RoutingLoopError`: a revisit or too many hops).
+:meth:`Routing.decide` computes it, once per request per node, for every path a
+request can take: a text request, a ``FWD`` line from another node, a Pyro5
+``TaskRunner.route``/``route_batch``, a ``Router.route`` from a program. The
+loop check, the hop limit and the time margin a hop keeps for itself
+(:func:`inner_budget`) are written here and nowhere else.
+
+A request that arrives from a client (no path yet) can only go one way per first
+byte of its bucket name, so those decisions are computed once per table, by the
+same function, into :attr:`Routing.fresh`: the text server's hot path reads one
+slot of it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Final, NamedTuple
+
+from .errors import RoutingLoopError
+from .table import RoutingTable
+
+__all__ = [
+    "DEFAULT_HOP_LIMIT",
+    "DEFAULT_TIMEOUT",
+    "HERE",
+    "Decision",
+    "Here",
+    "Hop",
+    "Routing",
+    "inner_budget",
+]
+
+DEFAULT_TIMEOUT = 5.0
+DEFAULT_HOP_LIMIT = 16
+
+
+class Here:
+    """The decision "run it on this node"; :data:`HERE` is its one instance."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "HERE"
+
+
+HERE: Final = Here()
+
+
+class Hop(NamedTuple):
+    """The decision "send it on": to ``owner``, having visited ``path`` (this node last)."""
+
+    owner: str
+    path: tuple[str, ...]
+
+
+Decision = Here | Hop
+
+
+def inner_budget(left: float) -> float:
+    """The time a hop gives the next one when it has ``left`` seconds: a little less.
+
+    The next node gives up first and says why, so the node nearest a fault reports
+    it, naming the slow or missing node, before the caller's own clock runs out.
+    """
+    return left - min(0.5, left * 0.1)
+
+
+class Routing:
+    """Decides where requests go from node ``node`` (None: a client, which always sends).
+
+    ``runs_here`` False: this node cannot run tasks itself (a router built without a
+    task runner), so even its own buckets are sent on. ``table`` may be replaced at any time (an atomic swap: a request uses the table
+    it read). ``timeout`` caps the time a request may take from here; ``hop_limit``
+    caps how many nodes it may pass.
+    """
+
+    __slots__ = ("_table", "fresh", "hop_limit", "node", "runs_here", "timeout")
+
+    #: 256 slots, by the first byte of a bucket name: the decision for a request
+    #: with no path yet (HERE or a Hop), or None where no entry covers the byte
+    #: (:meth:`decide` raises the error, naming the bucket).
+    fresh: tuple[Decision | None, ...]
+
+    def __init__(
+        self,
+        table: RoutingTable,
+        node: str | None = None,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        hop_limit: int = DEFAULT_HOP_LIMIT,
+        runs_here: bool = True,
+    ) -> None:
+        self.node = node
+        self.runs_here = runs_here and node is not None
+        self.timeout = float(timeout)
+        self.hop_limit = int(hop_limit)
+        self.table = table
+
+    @property
+    def table(self) -> RoutingTable:
+        """The routing table; assign a new one to swap it atomically."""
+        return self._table
+
+    @table.setter
+    def table(self, table: RoutingTable) -> None:
+        if not isinstance(table, RoutingTable):
+            raise TypeError(f"routing needs a RoutingTable, not {table!r}")
+        fresh = tuple(self._fresh(owner) for owner in table.by_byte)
+        # Two attributes, one decision: fresh first, so a reader that sees the new
+        # table never reads the old decisions (and the reverse is harmless).
+        self.fresh = fresh
+        self._table = table
+
+    def decide(self, bucket: str | bytes, path: Sequence[str] = ()) -> Decision:
+        """Where a request for ``bucket`` goes from this node, having visited ``path``.
+
+        ``path`` lists the nodes the request passed before this one (empty for a
+        request from a client). Raises :class:`NoRouteError` when the table has no
+        entry for the bucket, :class:`RoutingLoopError` when the owner was visited
+        already (same table, same bucket: it would go round forever) or the request
+        would pass the hop limit.
+        """
+        return self._choose(self._table.owner(bucket), bucket, path)
+
+    def _fresh(self, owner: str | None) -> Decision | None:
+        if owner is None:
+            return None
+        try:
+            return self._choose(owner, "", ())
+        except RoutingLoopError:  # a hop limit of 0: decide() says so, per bucket
+            return None
+
+    def _choose(self, owner: str, bucket: str | bytes, path: Sequence[str]) -> Decision:
+        if owner == self.node and self.runs_here:
+            return HERE
+        visited = tuple(path) if self.node is None else (*path, self.node)
+        if owner in visited:
+            raise RoutingLoopError(
+                f"routing loop for bucket {bucket!r}: "
+                f"{' -> '.join([*visited, owner])}; "
+                "fix the routing tables so that one node owns the bucket"
+            )
+        if len(visited) > self.hop_limit:
+            raise RoutingLoopError(
+                f"bucket {bucket!r} passed the hop limit of {self.hop_limit}: "
+                f"{' -> '.join([*visited, owner])}"
+            )
+        return Hop(owner, visited)
+
+    def limit(self, budget: float | None) -> float:
+        """Seconds a request may still take from here: its ``budget``, at most the timeout.
+
+        None (a request from a client) is the timeout; a budget that is not a
+        finite number is treated as no time left.
+        """
+        if budget is None:
+            return self.timeout
+        try:
+            budget = float(budget)
+        except (TypeError, ValueError):
+            return 0.0
+        if math.isnan(budget):
+            return 0.0
+        return max(min(budget, self.timeout), 0.0)
