@@ -17,6 +17,7 @@ from Pyro5.api import URI, Proxy
 
 from . import naming
 from .errors import NameServerUnavailableError, NodeUnavailableError
+from .protocol import VERBS
 from .router import DEFAULT_TIMEOUT, Router
 from .table import RoutingTable
 
@@ -117,21 +118,26 @@ class Client:
         left = deadline - time.monotonic()
         return self._router.via(self._via, bucket, func, args, kwargs, timeout=left)
 
+    def _verb(self, word: bytes, *args: Any) -> Any:
+        """Run the task of text-protocol verb ``word`` on the owner of ``args[0]``."""
+        verb = VERBS[word]
+        return self.route(args[0], verb.task_name, list(args))
+
     def create(self, bucket: str) -> None:
         """Create ``bucket`` on its owner (no change if it exists)."""
-        self.route(bucket, "pyrokv.tasks.create", [bucket])
+        self._verb(b"CREATE", bucket)
 
     def get(self, bucket: str, key: Any) -> Any:
         """The value of ``key`` in ``bucket``, or None when the key is missing."""
-        return self.route(bucket, "pyrokv.tasks.get", [bucket, key])
+        return self._verb(b"GET", bucket, key)
 
     def put(self, bucket: str, key: Any, value: Any) -> None:
         """Set ``key`` in ``bucket`` to ``value``."""
-        self.route(bucket, "pyrokv.tasks.put", [bucket, key, value])
+        self._verb(b"PUT", bucket, key, value)
 
     def delete(self, bucket: str, key: Any) -> Any:
         """Remove ``key`` from ``bucket``; return its old value or None."""
-        return self.route(bucket, "pyrokv.tasks.delete", [bucket, key])
+        return self._verb(b"DELETE", bucket, key)
 
     def close(self) -> None:
         """Close the client's connections."""
