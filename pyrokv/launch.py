@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import socket
 import sys
 import threading
 import time
@@ -16,6 +15,7 @@ from .errors import PyroKVError
 from .naming import parse_address
 from .node import STOP_SIGNALS
 from .table import RoutingTable
+from .testing import Conn
 
 __all__ = ["run_demo", "run_up"]
 
@@ -153,25 +153,12 @@ def _print_up(
 DEMO_TABLE = "a..m=foo, n..z=bar"
 
 
-class _Line:
-    """A text-protocol connection for the demo: send a line, read one reply."""
-
-    def __init__(self, address: str) -> None:
-        host, port = parse_address(address)
-        self.sock = socket.create_connection((host, port), timeout=10)
-        self.file = self.sock.makefile("rb")
-
-    def ask(self, request: str) -> str:
-        self.sock.sendall(request.encode() + b"\r\n")
-        first = self.file.readline().decode().rstrip("\r\n")
-        if request.startswith("GET ") and not first.startswith(("ERROR", "NOT FOUND")):
-            self.file.readline()  # the OK after the value
-            return f"{first!r} OK" if first else "'' OK  (missing key: empty value)"
-        return first
-
-    def close(self) -> None:
-        self.file.close()
-        self.sock.close()
+def _shown(reply: list[bytes]) -> str:
+    """A reply as the demo prints it: a GET's value quoted, then OK."""
+    if len(reply) == 2:
+        value = reply[0].decode()
+        return f"{value!r} OK" if value else "'' OK  (missing key: empty value)"
+    return reply[0].decode()
 
 
 def run_demo(out: TextIO = sys.stdout) -> int:
@@ -209,7 +196,7 @@ def run_demo(out: TextIO = sys.stdout) -> int:
             ("bar", "GET 1abc milk"),
             ("foo", "FOO"),
         ]
-        lines = {name: _Line(address) for name, address in ports.items() if address}
+        lines = {name: Conn(address) for name, address in ports.items() if address}
         try:
             for via, request in script:
                 words = request.split()
@@ -221,7 +208,7 @@ def run_demo(out: TextIO = sys.stdout) -> int:
                     hop = "no owner"
                 else:
                     hop = "local" if owner == via else f"routed to {owner}"
-                reply = lines[via].ask(request)
+                reply = _shown(lines[via].exchange(request))
                 print(f"  {via}> {request:<24} {reply:<40} [{hop}]", file=out)
         finally:
             for line in lines.values():

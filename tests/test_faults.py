@@ -13,11 +13,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from Pyro5.api import Proxy
-from textclient import Conn
 
 from pyrokv import Client, NodeUnavailableError, Router, RoutingTable, naming
 from pyrokv.cli import _warn_if_exposed
 from pyrokv.cluster import Child, spawn_nameserver, spawn_node
+from pyrokv.testing import Conn
 
 pytestmark = pytest.mark.distributed
 

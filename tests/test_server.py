@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from textclient import Conn
 
 from pyrokv.cluster import Child, spawn_node
+from pyrokv.testing import Conn
 
 pytestmark = pytest.mark.distributed
 

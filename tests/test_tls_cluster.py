@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 import trustme
-from textclient import Conn
 
 from pyrokv.cluster import Child, spawn_nameserver, spawn_node
+from pyrokv.testing import Conn
 
 pytestmark = pytest.mark.distributed
 
