@@ -54,11 +54,10 @@ def _tls_args(settings: Settings) -> list[str]:
     return args
 
 
-def _listen_address(child: Child, name: str) -> str | None:
-    for line in child.lines:
-        if line.startswith(f"LISTEN {name} "):
-            return line.split()[2]
-    return None
+def _listen_address(child: Child) -> str | None:
+    """``HOST:PORT`` of the node's text protocol, as it printed it; None if it has none."""
+    address = child.listen_address()
+    return None if address is None else f"{address[0]}:{address[1]}"
 
 
 def _child_failure(child: Child | None) -> str:
@@ -104,7 +103,7 @@ def run_up(settings: Settings, out: TextIO = sys.stdout) -> int:
                 ) from None
             children.append(child)
             table = settings.table if node.table is None else node.table
-            rows.append((node.name, table, _listen_address(child, node.name), child))
+            rows.append((node.name, table, _listen_address(child), child))
         _print_up(out, settings, ns, rows)
         while not stop.wait(0.5):
             for child in children:
@@ -173,9 +172,7 @@ def run_demo(out: TextIO = sys.stdout) -> int:
     with LocalCluster(
         {"foo": DEMO_TABLE, "bar": DEMO_TABLE}, {"foo": listen, "bar": listen}
     ) as cluster:
-        ports = {
-            name: _listen_address(child, name) for name, child in cluster.nodes.items()
-        }
+        ports = {name: _listen_address(child) for name, child in cluster.nodes.items()}
         print(
             f"name server {cluster.ns[0]}:{cluster.ns[1]}; text protocol: foo {ports['foo']}, bar {ports['bar']}\n",
             file=out,
