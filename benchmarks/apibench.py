@@ -1,6 +1,6 @@
 """Python-API benchmarks, in a process of their own that hosts one pyrokv node.
 
-Started once by ``benchmarks/run.py``: it starts node ``api`` in this process
+Started once by the harness (``benchmarks/harness.py``): it starts node ``api`` in this process
 (``pyrokv.start_node``, table ``a..m=api, n..z=bar``, so ``zoo`` belongs to the
 cluster's node ``bar`` in another process), fills its buckets, prints ``READY``, then
 answers one JSON command per stdin line with one JSON line:

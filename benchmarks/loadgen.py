@@ -1,6 +1,6 @@
 """A load-generating worker process for the benchmarks (standalone: stdlib + Pyro5).
 
-The harness (``benchmarks/run.py``) starts a few of these once and reuses them: each
+The harness (``benchmarks/harness.py``) starts a few of these once and reuses them: each
 reads one JSON job per line on stdin and writes one JSON result per line on stdout.
 Keeping the clients in their own processes means the client's GIL never caps the
 server under test.

@@ -104,6 +104,18 @@ class Child:
         """Everything the child printed so far, on one line."""
         return " | ".join(self.lines) or "(nothing)"
 
+    def listen_address(self) -> tuple[str, int] | None:
+        """Where this node serves the text protocol, from its ``LISTEN NAME HOST:PORT`` line.
+
+        ``pyrokv node`` prints that line before ``READY``, so once :func:`spawn_node`
+        has returned, None means the node serves no text protocol (no ``--listen``).
+        """
+        for line in self.lines:
+            words = line.split()
+            if len(words) == 3 and words[0] == "LISTEN":
+                return parse_address(words[2])
+        return None
+
     def send(self, line: str) -> None:
         """Write ``line`` and a newline to the child's input (made with ``stdin=True``)."""
         if self.proc.stdin is None:

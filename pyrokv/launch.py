@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import socket
 import sys
 import threading
 import time
@@ -16,6 +15,7 @@ from .errors import PyroKVError
 from .naming import parse_address
 from .node import STOP_SIGNALS
 from .table import RoutingTable
+from .testing import Conn
 
 __all__ = ["run_demo", "run_up"]
 
@@ -54,11 +54,10 @@ def _tls_args(settings: Settings) -> list[str]:
     return args
 
 
-def _listen_address(child: Child, name: str) -> str | None:
-    for line in child.lines:
-        if line.startswith(f"LISTEN {name} "):
-            return line.split()[2]
-    return None
+def _listen_address(child: Child) -> str | None:
+    """``HOST:PORT`` of the node's text protocol, as it printed it; None if it has none."""
+    address = child.listen_address()
+    return None if address is None else f"{address[0]}:{address[1]}"
 
 
 def _child_failure(child: Child | None) -> str:
@@ -104,7 +103,7 @@ def run_up(settings: Settings, out: TextIO = sys.stdout) -> int:
                 ) from None
             children.append(child)
             table = settings.table if node.table is None else node.table
-            rows.append((node.name, table, _listen_address(child, node.name), child))
+            rows.append((node.name, table, _listen_address(child), child))
         _print_up(out, settings, ns, rows)
         while not stop.wait(0.5):
             for child in children:
@@ -153,25 +152,12 @@ def _print_up(
 DEMO_TABLE = "a..m=foo, n..z=bar"
 
 
-class _Line:
-    """A text-protocol connection for the demo: send a line, read one reply."""
-
-    def __init__(self, address: str) -> None:
-        host, port = parse_address(address)
-        self.sock = socket.create_connection((host, port), timeout=10)
-        self.file = self.sock.makefile("rb")
-
-    def ask(self, request: str) -> str:
-        self.sock.sendall(request.encode() + b"\r\n")
-        first = self.file.readline().decode().rstrip("\r\n")
-        if request.startswith("GET ") and not first.startswith(("ERROR", "NOT FOUND")):
-            self.file.readline()  # the OK after the value
-            return f"{first!r} OK" if first else "'' OK  (missing key: empty value)"
-        return first
-
-    def close(self) -> None:
-        self.file.close()
-        self.sock.close()
+def _shown(reply: list[bytes]) -> str:
+    """A reply as the demo prints it: a GET's value quoted, then OK."""
+    if len(reply) == 2:
+        value = reply[0].decode()
+        return f"{value!r} OK" if value else "'' OK  (missing key: empty value)"
+    return reply[0].decode()
 
 
 def run_demo(out: TextIO = sys.stdout) -> int:
@@ -186,9 +172,7 @@ def run_demo(out: TextIO = sys.stdout) -> int:
     with LocalCluster(
         {"foo": DEMO_TABLE, "bar": DEMO_TABLE}, {"foo": listen, "bar": listen}
     ) as cluster:
-        ports = {
-            name: _listen_address(child, name) for name, child in cluster.nodes.items()
-        }
+        ports = {name: _listen_address(child) for name, child in cluster.nodes.items()}
         print(
             f"name server {cluster.ns[0]}:{cluster.ns[1]}; text protocol: foo {ports['foo']}, bar {ports['bar']}\n",
             file=out,
@@ -209,7 +193,7 @@ def run_demo(out: TextIO = sys.stdout) -> int:
             ("bar", "GET 1abc milk"),
             ("foo", "FOO"),
         ]
-        lines = {name: _Line(address) for name, address in ports.items() if address}
+        lines = {name: Conn(address) for name, address in ports.items() if address}
         try:
             for via, request in script:
                 words = request.split()
@@ -221,7 +205,7 @@ def run_demo(out: TextIO = sys.stdout) -> int:
                     hop = "no owner"
                 else:
                     hop = "local" if owner == via else f"routed to {owner}"
-                reply = lines[via].ask(request)
+                reply = _shown(lines[via].exchange(request))
                 print(f"  {via}> {request:<24} {reply:<40} [{hop}]", file=out)
         finally:
             for line in lines.values():

@@ -35,7 +35,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
-from pathlib import Path
 from typing import Any, TypeVar
 
 from pyrokv.cluster import Child
@@ -57,7 +56,6 @@ __all__ = [
 #: The documentation address blocks (RFC 5737), in the order they are tried.
 TEST_NETS = ("198.51.100.0/24", "203.0.113.0/24", "192.0.2.0/24")
 
-TESTS_DIR = Path(__file__).resolve().parent
 IP_TIMEOUT = 15.0
 START_TIMEOUT = 20.0
 BRIDGE = "br0"
@@ -240,14 +238,13 @@ class NsProcess(Child):
 
 
 # Run in a client namespace: send each request line to a text port, print one JSON
-# object per reply, with the seconds it took. tests/ is put on sys.path for Conn.
+# object per reply, with the seconds it took.
 _TEXT_CLIENT = """
 import json, sys, time
-sys.path.insert(0, sys.argv[1])
-from textclient import Conn
-host, port, timeout = sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+from pyrokv.testing import Conn
+host, port, timeout = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
 with Conn((host, port), timeout=timeout) as conn:
-    for request in sys.argv[5:]:
+    for request in sys.argv[4:]:
         started = time.monotonic()
         reply = conn.ask(request).decode("utf-8", "backslashreplace")
         print(json.dumps({"request": request, "reply": reply,
@@ -327,7 +324,6 @@ class Host:
                 sys.executable,
                 "-c",
                 _TEXT_CLIENT,
-                str(TESTS_DIR),
                 address[0],
                 str(address[1]),
                 str(timeout),

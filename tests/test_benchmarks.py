@@ -40,6 +40,7 @@ def table_rows(output: str) -> list[list[str]]:
 
 
 def test_quick_run_prints_every_case_with_rounds_median_and_targets() -> None:
+    """--quick runs every case and prints each round, the median and all 8 targets."""
     done = run_suite("-m", "benchmarks.run", "--quick")
     assert done.returncode == 0, done.stdout + done.stderr
     rows = table_rows(done.stdout)
@@ -61,6 +62,7 @@ def test_quick_run_prints_every_case_with_rounds_median_and_targets() -> None:
 
 
 def test_runs_as_a_script_with_only_some_cases() -> None:
+    """python benchmarks/run.py --only pipelined runs as a script and prints only it."""
     done = run_suite(
         "benchmarks/run.py", "--quick", "--only", "pipelined", "--rounds", "1"
     )
@@ -71,6 +73,7 @@ def test_runs_as_a_script_with_only_some_cases() -> None:
 
 
 def test_an_unknown_case_is_a_usage_error() -> None:
+    """--only with an unknown case name exits 2 and names the case."""
     done = run_suite("-m", "benchmarks.run", "--only", "nosuch", timeout=60)
     assert done.returncode == 2
     assert "unknown case(s) nosuch" in done.stderr

@@ -1,6 +1,7 @@
 """The public API is exactly what __all__ says."""
 
 import pyrokv
+import pyrokv.testing
 
 
 def test_exports() -> None:
@@ -38,3 +39,10 @@ def test_errors_share_one_base() -> None:
             assert issubclass(obj, pyrokv.PyroKVError)
     assert issubclass(pyrokv.NoRouteError, LookupError)
     assert issubclass(pyrokv.BucketNotFoundError, LookupError)
+
+
+def test_testing_exports() -> None:
+    """pyrokv.testing, the text client that tests and benchmarks share, exports these."""
+    assert pyrokv.testing.__all__ == ["CLOSED", "Conn", "UnexpectedReplyError"]
+    for name in pyrokv.testing.__all__:
+        assert hasattr(pyrokv.testing, name)

@@ -13,11 +13,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from Pyro5.api import Proxy
-from textclient import Conn
 
 from pyrokv import Client, NodeUnavailableError, Router, RoutingTable, naming
 from pyrokv.cli import _warn_if_exposed
 from pyrokv.cluster import Child, spawn_nameserver, spawn_node
+from pyrokv.testing import Conn
 
 pytestmark = pytest.mark.distributed
 
@@ -219,15 +219,14 @@ def test_exposure_warnings(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 @pytest.fixture(name="text_node", scope="module")
-def _text_node(ns: tuple[str, int]) -> Iterator[str]:
+def _text_node(ns: tuple[str, int]) -> Iterator[tuple[str, int]]:
     name = "fuzz"
     child = spawn_node(
         name, ns, "0..255=fuzz", extra=["--listen", "127.0.0.1:0", "--max-line", "4096"]
     )
     try:
-        address = next(
-            line.split()[2] for line in child.lines if line.startswith("LISTEN ")
-        )
+        address = child.listen_address()
+        assert address is not None, child.output()
         with Conn(address) as c:
             assert c.ask("CREATE keep9f3a1c") == b"OK"
             assert c.ask("PUT keep9f3a1c k kept") == b"OK"
@@ -243,7 +242,7 @@ def _text_node(ns: tuple[str, int]) -> Iterator[str]:
 )
 @given(chunks=st.lists(st.binary(max_size=6000), max_size=4), hang_up=st.booleans())
 def test_fuzzed_bytes_never_hurt_the_server(
-    text_node: str, chunks: list[bytes], hang_up: bool
+    text_node: tuple[str, int], chunks: list[bytes], hang_up: bool
 ) -> None:
     """Arbitrary bytes on the text port: the server still answers and stored data is intact."""
     with Conn(text_node, timeout=5) as c:

@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
-from textclient import Conn
 
 from pyrokv.client import Client
+from pyrokv.testing import Conn
 
 pytestmark = pytest.mark.distributed
 

@@ -149,9 +149,9 @@ def _cluster(lab: Lab) -> Cluster:
     }
     ready = {}
     for name, node in nodes.items():
-        listen = node.wait_for(f"LISTEN {name} ")
-        assert listen == f"LISTEN {name} {hosts[name].address}:{TEXT_PORT}"
         ready[name] = node.wait_for(f"READY {name} ")
+        listen = node.listen_address()
+        assert listen == (hosts[name].address, TEXT_PORT), node.output()
     return Cluster(lab, ns, hosts["foo"], hosts["bar"], hosts["client"], ready)
 
 

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from textclient import Conn
 
 from pyrokv.cluster import Child, spawn_node
+from pyrokv.testing import Conn
 
 pytestmark = pytest.mark.distributed
 
@@ -26,13 +26,16 @@ class Pair:
 
     a: str
     b: str
-    a_addr: str
-    b_addr: str
+    a_addr: tuple[str, int]
+    b_addr: tuple[str, int]
     children: dict[str, Child]
 
 
-def listen_address(child: Child) -> str:
-    return next(line.split()[2] for line in child.lines if line.startswith("LISTEN "))
+def text_address(child: Child) -> tuple[str, int]:
+    """The node's text-protocol address; the node was started with --listen."""
+    address = child.listen_address()
+    assert address is not None, child.output()
+    return address
 
 
 @pytest.fixture(name="pair")
@@ -52,7 +55,11 @@ def _pair(
                 extra=["--listen", "127.0.0.1:0", "--timeout", "3", *extra],
             )
         yield Pair(
-            a, b, listen_address(children[a]), listen_address(children[b]), children
+            a,
+            b,
+            text_address(children[a]),
+            text_address(children[b]),
+            children,
         )
     finally:
         for child in children.values():
@@ -173,9 +180,8 @@ def test_values_of_2000_bytes_are_not_truncated(pair: Pair) -> None:
 def test_connect_and_close_probes_do_not_stop_the_node(pair: Pair) -> None:
     """Hundreds of connect-and-close probes (the Elixir node halts after four)."""
     stored(pair)
-    host, port = pair.a_addr.rsplit(":", 1)
     for i in range(300):
-        s = socket.create_connection((host, int(port)), timeout=5)
+        s = socket.create_connection(pair.a_addr, timeout=5)
         if i % 2:
             s.setsockopt(
                 socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
@@ -332,7 +338,7 @@ def test_text_requests_forward_over_differing_tables_and_loops_are_caught(
             children[name] = spawn_node(
                 name, ns, table, extra=["--listen", "127.0.0.1:0", "--timeout", "3"]
             )
-        with Conn(listen_address(children[foo])) as c:
+        with Conn(text_address(children[foo])) as c:
             assert c.ask("CREATE apple") == b"OK"  # foo -> bar -> baz
             assert c.ask("PUT apple k v") == b"OK"
             assert c.ask("GET apple k") == b"v|OK"
@@ -347,12 +353,12 @@ def test_text_requests_forward_over_differing_tables_and_loops_are_caught(
                 f"ERROR could not find entry for '1abc' in table [a..m -> {baz}, "
                 f"n..y -> {bar}, z -> {foo}]{HINT}".encode()
             )
-        with Conn(listen_address(children[baz])) as c:
+        with Conn(text_address(children[baz])) as c:
             assert c.ask("GET apple k") == b"v|OK"
             assert (
                 c.ask("GET night k") == b"NOT FOUND"
             )  # baz owns every bucket by its table
-        with Conn(listen_address(children[bar])) as c:
+        with Conn(text_address(children[bar])) as c:
             assert c.ask("GET night k") == b"|OK"
     finally:
         for child in children.values():
@@ -368,7 +374,7 @@ def test_an_owner_without_a_text_port_is_reached_over_pyro(
     with_text = spawn_node(front, ns, table, extra=["--listen", "127.0.0.1:0"])
     without = spawn_node(back, ns, table)
     try:
-        with Conn(listen_address(with_text)) as c:
+        with Conn(text_address(with_text)) as c:
             assert c.ask("CREATE zoo") == b"OK"
             assert c.ask("PUT zoo k v") == b"OK"
             c.send(
@@ -397,7 +403,7 @@ def test_a_restarted_owner_is_found_on_its_new_text_port(
     a = spawn_node(front, ns, table, extra=extra)
     b = spawn_node(back, ns, table, extra=extra)
     try:
-        with Conn(listen_address(a)) as c:
+        with Conn(text_address(a)) as c:
             assert c.ask("CREATE zoo") == b"OK"
             b.kill()
             assert c.ask("GET zoo k").startswith(f"ERROR node '{back}'".encode())

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 import trustme
-from textclient import Conn
 
 from pyrokv.cluster import Child, spawn_nameserver, spawn_node
+from pyrokv.testing import Conn
 
 pytestmark = pytest.mark.distributed
 
@@ -39,7 +39,7 @@ def _certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[str]]:
 
 
 @pytest.fixture(name="tls_cluster", scope="module")
-def _tls_cluster(certs: dict[str, list[str]]) -> Iterator[tuple[str, str]]:
+def _tls_cluster(certs: dict[str, list[str]]) -> Iterator[tuple[str, tuple[str, int]]]:
     children: list[Child] = []
     try:
         ns_child, ns = spawn_nameserver(extra=certs["node"])
@@ -51,9 +51,8 @@ def _tls_cluster(certs: dict[str, list[str]]) -> Iterator[tuple[str, str]]:
                     name, ns, table, extra=[*certs["node"], "--listen", "127.0.0.1:0"]
                 )
             )
-        text = next(
-            line.split()[2] for line in children[1].lines if line.startswith("LISTEN")
-        )
+        text = children[1].listen_address()
+        assert text is not None, children[1].output()
         yield f"{ns[0]}:{ns[1]}", text
     finally:
         for child in reversed(children):
@@ -82,7 +81,7 @@ def call(ns: str, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_routing_over_mutual_tls(
-    tls_cluster: tuple[str, str], certs: dict[str, list[str]]
+    tls_cluster: tuple[str, tuple[str, int]], certs: dict[str, list[str]]
 ) -> None:
     """With the cluster's CA, calls route across the nodes; without a certificate they are refused."""
     ns, _ = tls_cluster
@@ -105,7 +104,7 @@ def test_routing_over_mutual_tls(
 
 
 def test_text_protocol_routes_over_pyro_when_tls_is_on(
-    tls_cluster: tuple[str, str],
+    tls_cluster: tuple[str, tuple[str, int]],
 ) -> None:
     """With TLS, bar forwards text requests to foo over Pyro5 (inside TLS), not a peer link."""
     _, text = tls_cluster

@@ -1,0 +1,310 @@
+"""The benchmark cases: what each measures in one round, and the rows it records.
+
+Each case is a function ``case(suite, r)`` that measures round ``r`` with the
+processes a started :class:`~benchmarks.harness.Suite` holds and adds its figures
+to ``suite.results``, with the issue's target on the rows that have one. The cases
+and their order are listed in ``run.py``; what each measures is described there and
+in benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import time
+from functools import partial
+
+from benchmarks.harness import (
+    GET_LOCAL,
+    GET_ROUTED,
+    HOPS,
+    TEXT_TIMEOUT,
+    Helper,
+    Suite,
+    hop_bucket,
+    pinned,
+    rss_kib,
+    script,
+    text_address,
+)
+from benchmarks.results import Target, keys_name, ratio, spread
+from pyrokv.cluster import spawn_node
+from pyrokv.testing import Conn
+
+__all__ = ["api", "local_get", "memory", "pipelined", "routed_get", "scaling"]
+
+
+def local_get(suite: Suite, r: int) -> None:
+    """Text GET on the owner, 1 and 8 connections, vs the echo server."""
+    add, foo = suite.results.add, suite.addresses["foo"]
+    assert suite.echo is not None
+    echo = suite.echo
+    assert suite.cluster is not None
+    assert suite.echo_helper is not None
+    servers = [suite.cluster.nodes["foo"].proc.pid, suite.echo_helper.proc.pid]
+    clients = [worker.proc.pid for worker in suite.workers]
+    for conns in (1, 8):
+        # One connection is a ping-pong whose rate depends on whether the
+        # scheduler puts client and server on one core or two; pinning both
+        # servers to one core and the client to the other measures the same
+        # placement for pyrokv and the echo server.
+        with pinned(servers if conns == 1 else [], clients if conns == 1 else []):
+            node, base = suite.pair(
+                r,
+                partial(suite.text, foo, GET_LOCAL, conns),
+                partial(suite.text, echo, GET_LOCAL, conns),
+            )
+        add("local_get", f"pyrokv GET local, {conns} conn", "ops/s", r, node)
+        add("local_get", f"echo baseline, {conns} conn", "ops/s", r, base)
+        add(
+            "local_get",
+            f"ratio pyrokv/echo, {conns} conn",
+            "x",
+            r,
+            ratio(node, base),
+            Target(">=", 0.9) if conns == 1 else None,
+        )
+
+
+def routed_get(suite: Suite, r: int) -> None:
+    """Text GET of a bucket the other node owns vs a bare Pyro5 call, 1 and 8 connections."""
+    add, foo = suite.results.add, suite.addresses["foo"]
+    rates: dict[int, tuple[float, float]] = {}
+    for conns in (1, 8):
+        rates[conns] = suite.pair(
+            r,
+            partial(suite.text, foo, GET_ROUTED, conns),
+            partial(suite.bare, conns),
+        )
+        node, base = rates[conns]
+        add("routed_get", f"pyrokv GET routed, {conns} conn", "ops/s", r, node)
+        add("routed_get", f"bare Pyro5 call, {conns} proxy", "ops/s", r, base)
+        add(
+            "routed_get",
+            f"ratio routed/bare, {conns} conn",
+            "x",
+            r,
+            ratio(node, base),
+            Target(">=", 0.8) if conns == 1 else None,
+        )
+    add(
+        "routed_get",
+        "ratio routed 8 conn / bare sequential",
+        "x",
+        r,
+        ratio(rates[8][0], rates[1][1]),
+        Target(">=", 2.0),
+    )
+
+
+def pipelined(suite: Suite, r: int) -> None:
+    """Local GETs with 16 in flight on one connection, the echo server for scale."""
+    add, foo = suite.results.add, suite.addresses["foo"]
+    assert suite.echo is not None
+    echo = suite.echo
+    node, base = suite.pair(
+        r,
+        partial(suite.text, foo, GET_LOCAL, 1, depth=16),
+        partial(suite.text, echo, GET_LOCAL, 1, depth=16),
+    )
+    add(
+        "pipelined",
+        "pyrokv GET local, 16 in flight",
+        "ops/s",
+        r,
+        node,
+        Target(">=", 50_000),
+    )
+    add("pipelined", "echo baseline, 16 in flight", "ops/s", r, base)
+    add("pipelined", "ratio pyrokv/echo, 16 in flight", "x", r, ratio(node, base))
+
+
+def api(suite: Suite, r: int) -> None:
+    """Router.route to a local owner vs Registry.get; to a remote one vs bare Pyro5."""
+    add = suite.results.add
+    assert suite.api is not None
+    got = suite.api.ask({"cmd": "api"}, timeout=600)
+    add("api", "Router.route, local owner", "µs", r, got["local_route_us"])
+    add("api", "Registry.get, direct", "µs", r, got["direct_us"])
+    add(
+        "api",
+        "route overhead over direct call",
+        "µs",
+        r,
+        got["local_route_us"] - got["direct_us"],
+        Target("<=", 5.0),
+    )
+    add("api", "Router.route, remote owner", "ops/s", r, got["remote_route_ops"])
+    add("api", "bare Pyro5 call, reused proxy", "ops/s", r, got["bare_pyro_ops"])
+    add(
+        "api",
+        "ratio remote route/bare Pyro5",
+        "x",
+        r,
+        ratio(got["remote_route_ops"], got["bare_pyro_ops"]),
+    )
+
+
+def scaling(suite: Suite, r: int) -> None:
+    """Router.route over table and bucket sizes; text GET through 0 to 4 hops."""
+    add = suite.results.add
+    assert suite.api is not None
+    got = suite.api.ask({"cmd": "scaling"}, timeout=600)
+    table_us, direct = got["table_us"], got["table_direct_us"]
+    for n, us in table_us.items():
+        add("scaling", f"Router.route local, {n}-entry table", "µs", r, us)
+    add("scaling", "Registry.get direct (same bucket, key)", "µs", r, direct)
+    add(
+        "scaling",
+        "route overhead spread over table sizes",
+        "%",
+        r,
+        spread([us - direct for us in table_us.values()]),
+        Target("<=", 10.0),
+    )
+    keys_us = got["keys_us"]
+    for what, label in (
+        ("route", "Router.route local"),
+        ("direct", "Registry.get"),
+    ):
+        for n, pair in keys_us.items():
+            add("scaling", f"{label}, {keys_name(int(n))} keys", "µs", r, pair[what])
+    for n, pair in keys_us.items():
+        add(
+            "scaling",
+            f"route overhead, {keys_name(int(n))} keys",
+            "µs",
+            r,
+            pair["route"] - pair["direct"],
+        )
+    add(
+        "scaling",
+        "route overhead spread over bucket sizes",
+        "%",
+        r,
+        spread([pair["route"] - pair["direct"] for pair in keys_us.values()]),
+    )
+    few_us = got["few_us"]
+    for n, pair in few_us.items():
+        add(
+            "scaling",
+            f"Router.route local, {keys_name(int(n))} keys, 100 read",
+            "µs",
+            r,
+            pair["route"],
+        )
+    add(
+        "scaling",
+        "route cost spread over bucket sizes, 100 keys read",
+        "%",
+        r,
+        spread([pair["route"] for pair in few_us.values()]),
+        Target("<=", 10.0),
+    )
+    add(
+        "scaling",
+        "route cost spread over bucket sizes",
+        "%",
+        r,
+        spread([pair["route"] for pair in keys_us.values()]),
+    )
+    hot = got["hot_us"]
+    name = f"{keys_name(hot['size'])} keys, 1,000 hot"
+    add("scaling", f"Router.route local, {name}", "µs", r, hot["route"])
+    add("scaling", f"Registry.get, {name}", "µs", r, hot["direct"])
+    smallest = keys_us[min(keys_us, key=int)]
+    add(
+        "scaling",
+        f"route cost spread, {keys_name(min(int(n) for n in keys_us))} vs {name}",
+        "%",
+        r,
+        spread([smallest["route"], hot["route"]]),
+    )
+    h0 = suite.addresses["h0"]
+    rates = {}
+    for hops in range(HOPS + 1):
+        request = f"GET {hop_bucket(hops)} k\r\n"
+        rates[hops] = suite.text(h0, request, 1)
+        label = "local" if hops == 0 else f"{hops} hop{'s' if hops > 1 else ''}"
+        add("scaling", f"text GET via h0, {label}, 1 conn", "ops/s", r, rates[hops])
+    per_hop = (1 / rates[HOPS] - 1 / rates[1]) / (HOPS - 1) * 1e6
+    add("scaling", "µs added per extra hop (1 -> 4)", "µs", r, per_hop)
+
+
+def memory(suite: Suite, r: int) -> None:
+    """A node's RSS growth for the memory case's keys vs a plain dict-of-dict."""
+    add = suite.results.add
+    assert suite.cluster is not None
+    count = suite.options.mem_keys
+    node_kib, node_total = node_memory(suite, r, count)
+    dict_kib, dict_total = dict_memory(count)
+    add(
+        "memory",
+        f"node RSS growth, {keys_name(count)} keys",
+        "MiB",
+        r,
+        node_kib / 1024,
+    )
+    add(
+        "memory",
+        f"plain dict RSS growth, {keys_name(count)} keys",
+        "MiB",
+        r,
+        dict_kib / 1024,
+    )
+    add(
+        "memory",
+        "ratio node/plain dict",
+        "x",
+        r,
+        ratio(node_kib, dict_kib),
+        Target("<=", 1.5),
+    )
+    add("memory", "node RSS total after fill", "MiB", r, node_total / 1024)
+    add("memory", "plain dict process RSS total", "MiB", r, dict_total / 1024)
+
+
+def node_memory(suite: Suite, r: int, count: int) -> tuple[int, int]:
+    """RSS growth (KiB) of a fresh node while PUTting ``count`` keys, and its total."""
+    assert suite.cluster is not None
+    name = f"mem{r}"
+    child = spawn_node(
+        name,
+        suite.cluster.ns,
+        f"0x00..0xff={name}",
+        extra=["--listen", "127.0.0.1:0"],
+    )
+    suite.mem_nodes.append(child)
+    try:
+        with Conn(text_address(child), timeout=TEXT_TIMEOUT) as conn:
+            conn.expect(b"CREATE mem\r\n", b"OK\r\n")
+            time.sleep(0.2)
+            before = rss_kib(child.proc.pid)
+            chunk = 2000
+            for low in range(0, count, chunk):
+                high = min(low + chunk, count)
+                lines = b"".join(
+                    b"PUT mem k%07d %010d\r\n" % (i, i) for i in range(low, high)
+                )
+                conn.expect(lines, b"OK\r\n" * (high - low))
+            conn.expect(
+                b"GET mem k%07d\r\n" % (count - 1), b"%010d\r\nOK\r\n" % (count - 1)
+            )
+            after = rss_kib(child.proc.pid)
+    finally:
+        child.stop()
+        suite.mem_nodes.remove(child)
+    return after - before, after
+
+
+def dict_memory(count: int) -> tuple[int, int]:
+    """RSS growth (KiB) of a bare Python process building the same dict-of-dict."""
+    helper = Helper("plain dict process", [script("dictmem.py"), str(count)])
+    try:
+        helper.wait_ready()
+        time.sleep(0.2)
+        before = rss_kib(helper.proc.pid)
+        helper.send("go")
+        helper.wait_for("DONE", timeout=300)
+        after = rss_kib(helper.proc.pid)
+    finally:
+        helper.stop()
+    return after - before, after

@@ -1,0 +1,407 @@
+"""The benchmark suite's machinery: the processes it starts, and how it drives load.
+
+:class:`Suite` starts, on free ports of 127.0.0.1, the cluster under test (nodes
+``foo`` and ``bar``, and the hop chain ``h0``..``h4``), the baselines, the
+load-client processes and the API benchmark process, fills the buckets every case
+reads, and stops it all. Its :meth:`Suite.text`, :meth:`Suite.bare` and
+:meth:`Suite.pair` measure rates; the cases in ``cases.py`` call them and record
+figures in :attr:`Suite.results`. The options come in a :class:`BenchOptions`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmarks.results import Results
+from pyrokv.cluster import Child, LocalCluster
+from pyrokv.naming import parse_address
+from pyrokv.testing import Conn
+
+__all__ = [
+    "GET_LOCAL",
+    "GET_ROUTED",
+    "HOPS",
+    "REPLY",
+    "START_TIMEOUT",
+    "BenchError",
+    "BenchOptions",
+    "Helper",
+    "Suite",
+    "client_mode",
+    "describe_clients",
+    "hop_bucket",
+    "pinned",
+    "rss_kib",
+    "script",
+    "text_address",
+]
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+GUIDE = "a..m=foo, n..z=bar"
+GET_LOCAL = "GET apple k\r\n"
+GET_ROUTED = "GET zoo k\r\n"
+REPLY = "v\r\nOK\r\n"
+HOPS = 4
+HOP_NODES = [f"h{i}" for i in range(HOPS + 1)]
+START_TIMEOUT = 60.0
+#: Each read of the text client that loads data waits at most this long.
+TEXT_TIMEOUT = 30.0
+
+
+class BenchError(Exception):
+    """A helper process failed to start or answered with an error."""
+
+
+@dataclass
+class BenchOptions:
+    """What a run measures and how long: the parsed command line of ``benchmarks.run``.
+
+    Not to be confused with :class:`pyrokv.config.Settings`, pyrokv's own configuration.
+    """
+
+    rounds: int
+    duration: float
+    slices: int
+    warmup: float
+    clients: str
+    mem_keys: int
+    key_sizes: list[int]
+    api_calls: int
+    api_repeats: int
+    api_seconds: float
+    cases: list[str]
+
+
+# -- helper processes -----------------------------------------------------------
+
+
+class Helper(Child):
+    """A child ``python -u SCRIPT ...`` that talks in lines: JSON jobs in, JSON out."""
+
+    def __init__(self, name: str, args: Sequence[str]) -> None:
+        pythonpath = os.pathsep.join(
+            p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p
+        )
+        super().__init__(
+            [sys.executable, "-u", *args],
+            name,
+            pyrokv=False,
+            cwd=str(ROOT),
+            env={"PYTHONPATH": pythonpath},
+            stdin=True,
+        )
+
+    def wait_ready(self, timeout: float = START_TIMEOUT) -> str:
+        """Wait for the helper's ``READY ...`` line; return it."""
+        return self.wait_for("READY", timeout)
+
+    def ask(self, obj: Any, timeout: float) -> dict[str, Any]:
+        """Send ``obj`` as one JSON line; return the helper's JSON answer."""
+        self.send(json.dumps(obj))
+        return self.result(timeout)
+
+    def result(self, timeout: float) -> dict[str, Any]:
+        """The next JSON answer (a line starting with ``{``; other output is kept)."""
+        answer: dict[str, Any] = json.loads(self.wait_for("{", timeout))
+        if "error" in answer:
+            raise BenchError(f"{self.name} failed:\n{answer['error']}")
+        return answer
+
+
+def script(name: str) -> str:
+    """The path of the helper script ``name`` beside this file."""
+    return str(HERE / name)
+
+
+def text_address(child: Child) -> tuple[str, int]:
+    """Where node ``child`` serves the text protocol; it was started with --listen."""
+    address = child.listen_address()
+    if address is None:
+        raise BenchError(f"{child.name} printed no LISTEN line: {child.output()}")
+    return address
+
+
+def rss_kib(pid: int) -> int:
+    """Resident set size of process ``pid`` in KiB, from /proc/PID/status."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise BenchError(f"no VmRSS for process {pid}")
+
+
+def client_mode(clients: str, kind: str) -> str:
+    """Whether the connections of a ``kind`` job come from processes or threads.
+
+    ``auto`` picks, per kind of client, the one that drives the server harder on a
+    small machine: threads of one process for the text protocol (its client is a
+    send and a recv, mostly outside the GIL, and 8 client processes would take the
+    server's cores), processes for Pyro5 (its client serializes in Python, so 8
+    threads in one process cap the rate).
+    """
+    if clients == "auto":
+        return "threads" if kind == "text" else "processes"
+    return clients
+
+
+def describe_clients(clients: str) -> str:
+    """Where 8 connections come from under ``--clients``, for the header line."""
+    if clients == "auto":
+        return (
+            "text from 8 threads of one client process, Pyro5 from 8 client processes"
+        )
+    if clients == "threads":
+        return "8 threads of one client process"
+    return "8 client processes"
+
+
+def hop_table(i: int) -> str:
+    """Node h<i>'s table: the bucket of k hops goes on to h<i+1> until h<k> owns it."""
+    entries = []
+    for hops in range(HOPS + 1):
+        owner = f"h{i + 1}" if i < hops else f"h{hops}"
+        entries.append(f"{hop_bucket(hops)[0]}={owner}")
+    return ", ".join(entries)
+
+
+def hop_bucket(hops: int) -> str:
+    """The bucket that h0 reaches through ``hops`` forwarding hops: ahop, bhop, ..."""
+    return f"{chr(ord('a') + hops)}hop"
+
+
+@contextlib.contextmanager
+def pinned(servers: Sequence[int], clients: Sequence[int]) -> Iterator[None]:
+    """Pin every thread of ``servers`` to one CPU and of ``clients`` to another."""
+    cpus = sorted(os.sched_getaffinity(0))
+    saved: dict[int, set[int]] = {}
+    if len(cpus) >= 2:
+        for pids, cpu in ((servers, cpus[0]), (clients, cpus[1])):
+            for pid in pids:
+                for task in Path(f"/proc/{pid}/task").iterdir():
+                    tid = int(task.name)
+                    try:
+                        saved[tid] = os.sched_getaffinity(tid)
+                        os.sched_setaffinity(tid, {cpu})
+                    except OSError:
+                        pass  # the thread ended meanwhile
+    try:
+        yield
+    finally:
+        for tid, mask in saved.items():
+            try:
+                os.sched_setaffinity(tid, mask)
+            except OSError:
+                pass
+
+
+# -- the suite ------------------------------------------------------------------
+
+
+class Suite:
+    """Every process a run needs, the rates it measures, and the results it records."""
+
+    def __init__(self, options: BenchOptions, log: Callable[[str], None]) -> None:
+        self.options = options
+        self.log = log
+        self.results = Results(options.rounds)
+        self.cluster: LocalCluster | None = None
+        self.echo_helper: Helper | None = None
+        self.helpers: list[Helper] = []
+        self.workers: list[Helper] = []
+        self.mem_nodes: list[Child] = []
+        self.addresses: dict[str, tuple[str, int]] = {}
+        self.echo: tuple[str, int] | None = None
+        self.bare_uri = ""
+        self.api: Helper | None = None
+
+    def wants(self, *cases: str) -> bool:
+        """Whether this run includes any of ``cases``."""
+        return any(case in self.options.cases for case in cases)
+
+    # -- starting and stopping -----------------------------------------------
+
+    def start(self) -> None:
+        """Start what the chosen cases need, all at once; fill the buckets they read."""
+        started = time.monotonic()
+        nodes: dict[str, str | None] = {"foo": GUIDE, "bar": GUIDE}
+        extra: dict[str, Sequence[str]] = {
+            "foo": ["--listen", "127.0.0.1:0"],
+            "bar": ["--listen", "127.0.0.1:0"],
+        }
+        if self.wants("scaling"):
+            for i, name in enumerate(HOP_NODES):
+                nodes[name] = hop_table(i)
+                # every hop serves the text protocol, so requests travel the way
+                # they do in a cluster started by `pyrokv up`: over peer links
+                extra[name] = ["--listen", "127.0.0.1:0"]
+        # Baselines and load clients start while the cluster does.
+        echo = bare = None
+        if self.wants("local_get", "pipelined"):
+            echo = self._helper(
+                "echo server", script("baselines.py"), "echo", "v\\r\\nOK\\r\\n"
+            )
+        if self.wants("routed_get", "api"):
+            bare = self._helper(
+                "bare Pyro5 daemon", script("baselines.py"), "pyro", "zoo", "k", "v"
+            )
+        count = 1 if self.options.clients == "threads" else 8
+        if self.wants("local_get", "routed_get", "pipelined", "scaling"):
+            self.workers = [
+                self._helper(f"load client {i}", script("loadgen.py"))
+                for i in range(count)
+            ]
+        self.cluster = LocalCluster(nodes, extra).start()
+        for name, child in self.cluster.nodes.items():
+            if name in extra:
+                self.addresses[name] = text_address(child)
+        if echo is not None:
+            self.echo = parse_address(echo.wait_ready().split()[1])
+            self.echo_helper = echo
+        if bare is not None:
+            self.bare_uri = bare.wait_ready().split()[1]
+        for worker in self.workers:
+            worker.wait_ready()
+        self._fill()
+        if self.wants("api", "scaling"):
+            self._start_api()
+        self.log(f"# started everything in {time.monotonic() - started:.1f}s")
+
+    def _start_api(self) -> None:
+        assert self.cluster is not None
+        ns = self.cluster.ns
+        options = self.options
+        self.api = self._helper(
+            "API benchmark process",
+            script("apibench.py"),
+            "--ns",
+            f"{ns[0]}:{ns[1]}",
+            "--bare-uri",
+            self.bare_uri,
+            "--keys",
+            ",".join(str(n) for n in options.key_sizes),
+            "--calls",
+            str(options.api_calls),
+            "--repeats",
+            str(options.api_repeats),
+            "--seconds",
+            str(options.api_seconds),
+        )
+        self.api.wait_ready(timeout=START_TIMEOUT * 2)
+
+    def _helper(self, name: str, *args: str) -> Helper:
+        helper = Helper(name, args)
+        self.helpers.append(helper)
+        return helper
+
+    def _fill(self) -> None:
+        """The buckets every case reads: apple (foo), zoo (bar), the hop buckets."""
+        with Conn(self.addresses["foo"], timeout=TEXT_TIMEOUT) as conn:
+            ok = b"OK\r\n"
+            conn.expect(
+                b"CREATE apple\r\nPUT apple k v\r\nCREATE zoo\r\nPUT zoo k v\r\n",
+                ok * 4,
+            )
+            conn.expect(GET_LOCAL.encode() + GET_ROUTED.encode(), REPLY.encode() * 2)
+        if "h0" in self.addresses:
+            with Conn(self.addresses["h0"], timeout=TEXT_TIMEOUT) as conn:
+                for hops in range(HOPS + 1):
+                    bucket = hop_bucket(hops).encode()
+                    conn.expect(
+                        b"CREATE %s\r\nPUT %s k v\r\nGET %s k\r\n"
+                        % (bucket, bucket, bucket),
+                        b"OK\r\nOK\r\n" + REPLY.encode(),
+                    )
+
+    def stop(self) -> None:
+        """Stop every process this suite started."""
+        for child in list(self.mem_nodes):
+            child.stop()
+        for helper in self.helpers:
+            helper.stop()
+        if self.cluster is not None:
+            self.cluster.stop()
+
+    # -- measuring -----------------------------------------------------------
+
+    def load(
+        self, job: dict[str, Any], conns: int, duration: float | None = None
+    ) -> float:
+        """Requests per second of ``job`` over ``conns`` connections, clients apart."""
+        duration = self.options.duration if duration is None else duration
+        start = time.time() + self.options.warmup
+        end = start + duration
+        job = {**job, "start": start, "end": end}
+        if client_mode(self.options.clients, job["kind"]) == "processes":
+            if conns > len(self.workers):
+                raise BenchError(f"{conns} connections need {conns} load clients")
+            busy = self.workers[:conns]
+            for worker in busy:
+                worker.send(json.dumps({**job, "threads": 1}))
+        else:
+            busy = self.workers[:1]
+            busy[0].send(json.dumps({**job, "threads": conns}))
+        timeout = self.options.warmup + duration + 60
+        total = sum(int(worker.result(timeout)["ops"]) for worker in busy)
+        return total / duration
+
+    def text(
+        self,
+        address: tuple[str, int],
+        request: str,
+        conns: int,
+        depth: int = 1,
+        duration: float | None = None,
+    ) -> float:
+        """Rate of ``request`` to a text port, each reply checked to be ``v``, OK."""
+        job = {
+            "kind": "text",
+            "host": address[0],
+            "port": address[1],
+            "request": request,
+            "reply": REPLY,
+            "depth": depth,
+        }
+        return self.load(job, conns, duration)
+
+    def bare(self, conns: int, duration: float | None = None) -> float:
+        """Rate of ``get("zoo", "k")`` on the bare Pyro5 daemon, one proxy a connection."""
+        job = {
+            "kind": "pyro",
+            "uri": self.bare_uri,
+            "method": "get",
+            "args": ["zoo", "k"],
+            "expect": "v",
+        }
+        return self.load(job, conns, duration)
+
+    def pair(
+        self,
+        rnd: int,
+        first: Callable[..., float],
+        second: Callable[..., float],
+    ) -> tuple[float, float]:
+        """Run a case and its baseline back to back: ``slices`` alternating slices each.
+
+        Each gets the whole window, cut in slices taken in turn (AB BA AB .., starting
+        BA in odd rounds), so load from elsewhere on the machine hits both alike.
+        """
+        slices = self.options.slices
+        part = self.options.duration / slices
+        a = b = 0.0
+        for i in range(slices):
+            if (rnd + i) % 2 == 0:
+                a += first(duration=part)
+                b += second(duration=part)
+            else:
+                b += second(duration=part)
+                a += first(duration=part)
+        return a / slices, b / slices

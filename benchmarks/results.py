@@ -1,0 +1,177 @@
+"""The benchmark suite's figures: what each case measured per round, and the table they make.
+
+A :class:`Row` is one measure of one case (``pyrokv GET local, 1 conn``) with a
+figure per round and, where the issue sets one, a :class:`Target`. :class:`Results`
+collects the rows in the order cases add them and prints them as one Markdown
+table: each round, the median, the target, and PASS or MISS; then the misses.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+__all__ = ["Results", "Row", "Target", "keys_name", "ratio", "spread"]
+
+
+@dataclass
+class Target:
+    """A figure the issue asks for: the median must be ``op`` (">=" or "<=") ``value``."""
+
+    op: str  # ">=" or "<="
+    value: float
+
+    def met(self, measured: float) -> bool:
+        """Whether ``measured`` is on the right side of the target."""
+        return measured >= self.value if self.op == ">=" else measured <= self.value
+
+    def shortfall(self, measured: float, unit: str) -> str:
+        """How far ``measured`` is on the wrong side of the target."""
+        gap = (self.value - measured) if self.op == ">=" else (measured - self.value)
+        side = "below" if self.op == ">=" else "above"
+        if unit == "%":
+            return f"{gap:.1f} points {side} it"
+        return f"{gap / self.value * 100:.0f}% {side} it"
+
+
+@dataclass
+class Row:
+    """One measure of one case: its unit, its figure in each round, its target."""
+
+    case: str
+    label: str
+    unit: str
+    values: dict[int, float] = field(default_factory=dict)
+    target: Target | None = None
+
+    def median(self) -> float | None:
+        """The median over the rounds measured so far; None before the first."""
+        return statistics.median(self.values.values()) if self.values else None
+
+
+class Results:
+    """Every row of a run of ``rounds`` rounds, in the order they were first added."""
+
+    def __init__(self, rounds: int) -> None:
+        self.rounds = rounds
+        self.rows: dict[tuple[str, str], Row] = {}
+
+    def add(
+        self,
+        case: str,
+        label: str,
+        unit: str,
+        rnd: int,
+        value: float,
+        target: Target | None = None,
+    ) -> float:
+        """Record ``value`` as round ``rnd``'s figure of ``case``'s ``label``; return it."""
+        row = self.rows.setdefault((case, label), Row(case, label, unit))
+        row.values[rnd] = value
+        row.target = target or row.target
+        return value
+
+    @staticmethod
+    def fmt(value: float | None, unit: str) -> str:
+        """A figure as the table shows it: rates whole, ratios as 0.95x, "-" for none."""
+        if value is None:
+            return "-"
+        if unit == "ops/s":
+            return f"{value:,.0f}"
+        if unit == "x":
+            return f"{value:.2f}x"
+        if unit in ("µs", "MiB"):
+            return f"{value:,.2f}" if value < 100 else f"{value:,.1f}"
+        if unit == "%":
+            return f"{value:.1f}%"
+        return f"{value:g}"
+
+    def target_text(self, row: Row) -> str:
+        """The row's target as the table shows it (``>= 0.90x``), or ""."""
+        if row.target is None:
+            return ""
+        shown = self.fmt(row.target.value, row.unit)
+        return f"{row.target.op} {shown}"
+
+    def table(self) -> str:
+        """Every row as a Markdown table, figures right-aligned."""
+        head = [
+            "case",
+            "measure",
+            "unit",
+            *(f"round {r + 1}" for r in range(self.rounds)),
+            "median",
+            "target",
+            "result",
+        ]
+        body = []
+        for row in self.rows.values():
+            median = row.median()
+            result = ""
+            if row.target is not None and median is not None:
+                result = "PASS" if row.target.met(median) else "MISS"
+            body.append(
+                [
+                    row.case,
+                    row.label,
+                    row.unit,
+                    *(
+                        self.fmt(row.values.get(r), row.unit)
+                        for r in range(self.rounds)
+                    ),
+                    self.fmt(median, row.unit),
+                    self.target_text(row),
+                    result,
+                ]
+            )
+        widths = [
+            max(len(str(cells[i])) for cells in [head, *body]) for i in range(len(head))
+        ]
+        numeric = set(range(3, len(head) - 2))
+
+        def line(cells: Sequence[str]) -> str:
+            parts = [
+                str(c).rjust(w) if i in numeric else str(c).ljust(w)
+                for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+            ]
+            return "| " + " | ".join(parts) + " |"
+
+        rule = (
+            "|"
+            + "|".join(
+                ("-" * (w + 1) + ":") if i in numeric else ("-" * (w + 2))
+                for i, w in enumerate(widths)
+            )
+            + "|"
+        )
+        return "\n".join([line(head), rule, *(line(cells) for cells in body)])
+
+    def misses(self) -> list[str]:
+        """One line per missed target: the median, the target, and by how much."""
+        out = []
+        for row in self.rows.values():
+            median = row.median()
+            if row.target is None or median is None or row.target.met(median):
+                continue
+            out.append(
+                f"{row.case}: {row.label}: {self.fmt(median, row.unit)} vs target "
+                f"{self.target_text(row)} ({row.target.shortfall(median, row.unit)})"
+            )
+        return out
+
+
+def ratio(a: float, b: float) -> float:
+    """a / b, NaN when b is 0 (a baseline that measured nothing)."""
+    return a / b if b else float("nan")
+
+
+def spread(values: Sequence[float]) -> float:
+    """(max - min) / min, in percent."""
+    return (max(values) - min(values)) / min(values) * 100
+
+
+def keys_name(n: int) -> str:
+    """A key count as a label: 10^6 for a power of ten, else 12,345."""
+    exp = len(str(n)) - 1
+    return f"10^{exp}" if n == 10**exp else f"{n:,}"
