@@ -19,6 +19,7 @@ import Pyro5.errors
 from Pyro5.api import Proxy
 
 from . import naming
+from .daemon import make_daemon
 from .errors import PyroKVError
 from .protocol import DEFAULT_MAX_LINE
 from .registry import Registry
@@ -26,7 +27,7 @@ from .router import DEFAULT_HOP_LIMIT, DEFAULT_TIMEOUT, Router
 from .runner import DEFAULT_ALLOW, TaskRunner
 from .server import DEFAULT_IDLE_TIMEOUT, TextServer
 from .table import RoutingTable, check_node_name
-from .tls import TLSSettings, make_daemon
+from .tls import TLSSettings
 from .wire import DEFAULT_WORKERS, accept_serpent_only, setup_pyro
 
 __all__ = ["NodeHandle", "StopSignals", "serve_node", "start_node"]
@@ -141,7 +142,7 @@ def start_node(
     """Start node ``name`` in this process and register it; return its handle.
 
     With ``tls`` the daemon speaks mutual TLS only; call
-    :func:`pyrokv.tls.configure_tls` with the same settings first (process-wide).
+    :func:`pyrokv.wire.configure_tls` with the same settings first (process-wide).
     With ``listen`` (host, port) the node also serves the text protocol there
     (``handle.text.address`` is the real address when port is 0).
     Refuses (with :class:`PyroKVError`) a name that a live node holds; replaces a

@@ -29,18 +29,13 @@ from cryptography.hazmat.primitives import serialization
 from Pyro5 import socketutil
 from Pyro5.callcontext import current_context
 
+import pyrokv.daemon
 import pyrokv.tls
 from pyrokv import naming
+from pyrokv.daemon import bound_handshakes, make_daemon, make_nameserver
 from pyrokv.errors import ConfigError
-from pyrokv.tls import (
-    TLSSettings,
-    bound_handshakes,
-    configure_tls,
-    make_daemon,
-    make_nameserver,
-    tls_configured,
-)
-from pyrokv.wire import setup_pyro
+from pyrokv.tls import TLSSettings
+from pyrokv.wire import configure_tls, setup_pyro, tls_configured
 
 HOST = "127.0.0.1"
 SSL_SETTINGS = (
@@ -478,7 +473,7 @@ def test_idle_raw_connections_delay_nobody_and_hold_no_worker(
 def test_handshakes_past_the_limit_are_closed(
     pki: PKI, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(pyrokv.tls, "MAX_HANDSHAKES", 3)
+    monkeypatch.setattr(pyrokv.daemon, "MAX_HANDSHAKES", 3)
     configure_tls(pki.client)
     daemon = make_daemon(HOST, 0, pki.node, handshake_timeout=30.0)
     with serving(daemon) as uri, contextlib.ExitStack() as idle:
