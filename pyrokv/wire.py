@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import Pyro5.api
 from Pyro5 import socketutil
 
-from .errors import PyroKVError, register_with_pyro
+from .errors import IncompatiblePyroError, register_with_pyro
 
 if TYPE_CHECKING:
     from .tls import TLSSettings
@@ -160,7 +160,7 @@ def _install_pyro_contexts(
 ) -> None:
     cache = vars(socketutil)
     if any(name not in cache for name in _PYRO_CACHE.values()):
-        raise PyroKVError(
+        raise IncompatiblePyroError(
             f"Pyro5 {Pyro5.__version__} no longer caches its SSL contexts in "
             f"socketutil.{_PYRO_CACHE['client']}: pyrokv.wire needs updating"
         )

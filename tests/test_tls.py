@@ -31,7 +31,7 @@ from tlstesting import (
 import pyrokv.tls
 from pyrokv import naming
 from pyrokv.daemon import make_daemon, make_nameserver
-from pyrokv.errors import ConfigError
+from pyrokv.errors import ConfigError, IncompatiblePyroError, PyroKVError
 from pyrokv.tls import TLSSettings
 from pyrokv.wire import configure_tls, tls_configured
 
@@ -194,6 +194,16 @@ def test_configure_tls_sets_pyro5_config_and_back(pki: PKI) -> None:
     assert not tls_configured()
     assert config.SSL_SERVERCERT == config.SSL_CACERTS == ""
     assert vars(socketutil)["__ssl_client_context"] is None
+
+
+def test_pyro5_without_its_ssl_context_cache_is_incompatible(
+    pki: PKI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """configure_tls raises IncompatiblePyroError when Pyro5 no longer caches contexts."""
+    monkeypatch.delitem(vars(socketutil), "__ssl_client_context")
+    with pytest.raises(IncompatiblePyroError, match="__ssl_client_context") as caught:
+        configure_tls(pki.node)
+    assert isinstance(caught.value, PyroKVError)
 
 
 # -- who may connect ----------------------------------------------------------
