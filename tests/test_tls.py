@@ -28,7 +28,9 @@ from tlstesting import (
     wait_until,
 )
 
+import pyrokv.daemon
 import pyrokv.tls
+import pyrokv.wire
 from pyrokv import naming
 from pyrokv.daemon import make_daemon, make_nameserver
 from pyrokv.errors import ConfigError, IncompatiblePyroError, PyroKVError
@@ -204,6 +206,44 @@ def test_pyro5_without_its_ssl_context_cache_is_incompatible(
     with pytest.raises(IncompatiblePyroError, match="__ssl_client_context") as caught:
         configure_tls(pki.node)
     assert isinstance(caught.value, PyroKVError)
+
+
+# -- names that moved to pyrokv.wire and pyrokv.daemon ---------------------------
+
+
+MOVED = {
+    "configure_tls": pyrokv.wire,
+    "tls_configured": pyrokv.wire,
+    "HANDSHAKE_TIMEOUT": pyrokv.daemon,
+    "MAX_HANDSHAKES": pyrokv.daemon,
+    "BoundedHandshakeJob": pyrokv.daemon,
+    "BoundedHandshakeServer": pyrokv.daemon,
+    "bound_handshakes": pyrokv.daemon,
+    "make_daemon": pyrokv.daemon,
+    "make_nameserver": pyrokv.daemon,
+}
+
+
+@pytest.mark.parametrize("name", sorted(MOVED))
+def test_moved_names_are_deprecated_aliases(name: str) -> None:
+    """pyrokv.tls still serves a moved name: the same object, with a DeprecationWarning."""
+    new = f"{MOVED[name].__name__}.{name}"
+    with pytest.deprecated_call(
+        match=rf"^pyrokv\.tls\.{name} is deprecated: use {new}$"
+    ):
+        alias = getattr(pyrokv.tls, name)
+    assert alias is getattr(MOVED[name], name)
+    assert name not in pyrokv.tls.__all__
+
+
+def test_tls_exports_only_its_own_names() -> None:
+    """pyrokv.tls exports its settings only; a from-import of an alias still works."""
+    assert pyrokv.tls.__all__ == ["OPTIONS", "TLSSettings"]
+    with pytest.raises(AttributeError, match="has no attribute 'make_demon'"):
+        pyrokv.tls.make_demon  # noqa: B018 (the lookup is the test)
+    with pytest.deprecated_call():
+        from pyrokv.tls import make_daemon as old
+    assert old is make_daemon
 
 
 # -- who may connect ----------------------------------------------------------
