@@ -1,4 +1,9 @@
-"""The Pyro5 settings every pyrokv process shares; the one place that touches Pyro5's global config."""
+"""The Pyro5 settings every pyrokv process shares; the one place that touches Pyro5's global config.
+
+:func:`setup_pyro` sets what every process needs; :func:`configure_tls` turns mutual
+TLS on (or off) for every connection of the process; :func:`accept_serpent_only`
+limits what its daemons decode.
+"""
 
 from __future__ import annotations
 
