@@ -43,6 +43,13 @@ log = logging.getLogger("pyrokv.tls")
 #: Pyro5 connect message, in seconds.
 HANDSHAKE_TIMEOUT = 5.0
 
+#: Connections that may be between accept and a finished handshake at once; past
+#: this, new connections are closed (a flood must not use up the file descriptors).
+MAX_HANDSHAKES = 1024
+
+#: Threads that may be telling refused peers "no free workers" at once.
+_DENIERS = 16
+
 
 def make_daemon(
     host: str = "127.0.0.1",
@@ -145,14 +152,6 @@ def _check_timeout(timeout: float) -> None:
         )
 
 
-#: Connections that may be between accept and a finished handshake at once; past
-#: this, new connections are closed (a flood must not use up the file descriptors).
-MAX_HANDSHAKES = 1024
-
-#: Threads that may be telling refused peers "no free workers" at once.
-_DENIERS = 16
-
-
 class BoundedHandshakeServer(SocketServer_Threadpool):  # type: ignore[misc]
     """Pyro5's thread-pool transport whose accept loop only accepts.
 
@@ -167,7 +166,7 @@ class BoundedHandshakeServer(SocketServer_Threadpool):  # type: ignore[misc]
     def _adopt(self, context: ssl.SSLContext | None, timeout: float) -> None:
         self.tls_context = context
         self.handshake_timeout = float(timeout)
-        self._deniers = threading.BoundedSemaphore(_DENIERS)
+        self._denier = _Denier(self.daemon)
         self._pending: set[BoundedHandshakeJob] = set()
         self._pending_lock = threading.Lock()
         self._handshaker = _Handshaker(self, context) if context is not None else None
@@ -228,37 +227,7 @@ class BoundedHandshakeServer(SocketServer_Threadpool):  # type: ignore[misc]
         except PoolError as exc:
             self._finished(job)
             log.warning("refusing a new connection from %s: %s", job.caddr, exc)
-            self._deny(job)
-
-    def _deny(self, job: BoundedHandshakeJob) -> None:
-        """Tell a peer the pool is full, off the accept loop, or just close it.
-
-        Pyro5 answers "no free workers" on its accept loop; here a few short-lived
-        threads do it, each bounded by the handshake deadline, so a caller gets the
-        reason instead of a dropped connection. Past ``_DENIERS`` at once (a flood),
-        new connections are closed without an answer.
-        """
-        if not self._deniers.acquire(blocking=False):
-            job.csock.close()
-            return
-        reason = (
-            f"no free workers: all {Pyro5.api.config.THREADPOOL_SIZE} are busy; try "
-            "again, or start the node with a larger --workers"
-        )
-
-        def deny() -> None:
-            try:
-                remaining = job.deadline - time.monotonic()
-                if remaining > 0:
-                    job.csock.sock.settimeout(remaining)
-                    self.daemon._handshake(job.csock, denied_reason=reason)
-            except Exception as exc:  # the peer went away or stalled: nothing to tell
-                log.info("could not tell %s the pool is full: %s", job.caddr, exc)
-            finally:
-                job.csock.close()
-                self._deniers.release()
-
-        threading.Thread(target=deny, name="pyrokv-deny", daemon=True).start()
+            self._denier.deny(job)
 
     def _finished(self, job: BoundedHandshakeJob) -> None:
         with self._pending_lock:
@@ -435,6 +404,44 @@ class _Handshaker:
             _log_refusal(job.caddr, exc, self.server.handshake_timeout)
         job.csock.close()
         self.server._finished(job)
+
+
+class _Denier:
+    """Tells a peer refused for want of a free worker why, off the accept loop.
+
+    Pyro5 answers "no free workers" on its accept loop; here a few short-lived
+    threads do it, each bounded by the handshake deadline, so a caller gets the
+    reason instead of a dropped connection. Past ``_DENIERS`` at once (a flood),
+    new connections are closed without an answer.
+    """
+
+    def __init__(self, daemon: Any) -> None:
+        self.daemon = daemon
+        self._slots = threading.BoundedSemaphore(_DENIERS)
+
+    def deny(self, job: BoundedHandshakeJob) -> None:
+        """Tell ``job``'s peer the pool is full, on a thread of its own, or close it."""
+        if not self._slots.acquire(blocking=False):
+            job.csock.close()
+            return
+        reason = (
+            f"no free workers: all {Pyro5.api.config.THREADPOOL_SIZE} are busy; try "
+            "again, or start the node with a larger --workers"
+        )
+
+        def deny() -> None:
+            try:
+                remaining = job.deadline - time.monotonic()
+                if remaining > 0:
+                    job.csock.sock.settimeout(remaining)
+                    self.daemon._handshake(job.csock, denied_reason=reason)
+            except Exception as exc:  # the peer went away or stalled: nothing to tell
+                log.info("could not tell %s the pool is full: %s", job.caddr, exc)
+            finally:
+                job.csock.close()
+                self._slots.release()
+
+        threading.Thread(target=deny, name="pyrokv-deny", daemon=True).start()
 
 
 def _log_refusal(addr: Any, exc: BaseException, timeout: float) -> None:
