@@ -232,8 +232,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _nameserver(args: argparse.Namespace, settings: Settings) -> int:
+    from .daemon import make_nameserver
     from .node import StopSignals
-    from .tls import make_nameserver
     from .wire import accept_serpent_only, setup_pyro
 
     setup_pyro()
@@ -350,7 +350,8 @@ def _warn_if_exposed(
 
 def _tls(settings: Settings) -> Any:
     """This process's TLS settings (None: plain), applied to Pyro5 before any proxy."""
-    from .tls import TLSSettings, configure_tls
+    from .tls import TLSSettings
+    from .wire import configure_tls
 
     tls = TLSSettings.from_options(settings.tls_cert, settings.tls_key, settings.tls_ca)
     configure_tls(tls)

@@ -19,6 +19,7 @@ import Pyro5.errors
 from Pyro5.api import Proxy
 
 from . import naming
+from .daemon import make_daemon
 from .errors import ListenError, NameServerUnavailableError, NameTakenError
 from .protocol import DEFAULT_MAX_LINE
 from .registry import Registry
@@ -27,7 +28,7 @@ from .routing import DEFAULT_HOP_LIMIT, DEFAULT_TIMEOUT
 from .runner import DEFAULT_ALLOW, TaskRunner
 from .server import DEFAULT_IDLE_TIMEOUT, TextServer
 from .table import RoutingTable, check_node_name
-from .tls import TLSSettings, make_daemon
+from .tls import TLSSettings
 from .wire import DEFAULT_WORKERS, accept_serpent_only, setup_pyro
 
 __all__ = ["NodeHandle", "StopSignals", "serve_node", "start_node"]
@@ -142,7 +143,7 @@ def start_node(
     """Start node ``name`` in this process and register it; return its handle.
 
     With ``tls`` the daemon speaks mutual TLS only; call
-    :func:`pyrokv.tls.configure_tls` with the same settings first (process-wide).
+    :func:`pyrokv.wire.configure_tls` with the same settings first (process-wide).
     With ``listen`` (host, port) the node also serves the text protocol there
     (``handle.text.address`` is the real address when port is 0).
     Refuses (with :class:`NameTakenError`) a name that a live node holds; replaces a

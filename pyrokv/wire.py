@@ -1,20 +1,32 @@
-"""The Pyro5 settings every pyrokv process shares; the one place that touches Pyro5's global config."""
+"""The Pyro5 settings every pyrokv process shares; the one place that touches Pyro5's global config.
+
+:func:`setup_pyro` sets what every process needs; :func:`configure_tls` turns mutual
+TLS on (or off) for every connection of the process; :func:`accept_serpent_only`
+limits what its daemons decode.
+"""
 
 from __future__ import annotations
 
+import ssl
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import Pyro5.api
+from Pyro5 import socketutil
 
-from .errors import register_with_pyro
+from .errors import IncompatiblePyroError, register_with_pyro
+
+if TYPE_CHECKING:
+    from .tls import TLSSettings
 
 __all__ = [
     "DEFAULT_WORKERS",
     "MAX_MESSAGE_SIZE",
     "PEER_IDLE_TIMEOUT",
     "accept_serpent_only",
+    "configure_tls",
     "setup_pyro",
+    "tls_configured",
 ]
 
 #: A connection into a node's Pyro5 daemon that carries no request for this long is
@@ -29,6 +41,13 @@ DEFAULT_WORKERS = 256
 
 _done = threading.Lock()
 _ready = False
+
+# Pyro5's socketutil caches one server and one client SSLContext in these module
+# globals (built from config on first use, never rebuilt). configure_tls puts its
+# own contexts there, so Pyro5 uses exactly those and never loads the files itself.
+_PYRO_CACHE = {"server": "__ssl_server_context", "client": "__ssl_client_context"}
+
+_configure_lock = threading.Lock()
 
 
 def setup_pyro() -> None:
@@ -92,3 +111,63 @@ def accept_serpent_only() -> None:
 
     recv_stub.pyrokv_serpent_only = True  # type: ignore[attr-defined]
     protocol.recv_stub = recv_stub
+
+
+# -- mutual TLS for every connection of the process ---------------------------
+
+
+def configure_tls(settings: TLSSettings | None) -> None:
+    """Make every Pyro5 connection of this process mutual TLS with ``settings``.
+
+    Sets Pyro5's global config and SSL context cache; None switches back to plain.
+    Call it once at start-up, after parsing options and before any proxy or daemon
+    is created (a proxy that is already connected keeps its connection). Also runs
+    :func:`setup_pyro`, which keeps ``SOCK_NODELAY`` on.
+    """
+    setup_pyro()
+    config = Pyro5.api.config
+    with _configure_lock:
+        if settings is None:
+            config.SSL = False
+            _install_pyro_contexts(server=None, client=None)
+            for name in (
+                "SERVERCERT",
+                "SERVERKEY",
+                "SERVERKEYPASSWD",
+                "CLIENTCERT",
+                "CLIENTKEY",
+                "CLIENTKEYPASSWD",
+                "CACERTS",
+            ):
+                setattr(config, f"SSL_{name}", "")
+            config.SSL_REQUIRECLIENTCERT = False
+            return
+        server, client = settings.server_context(), settings.client_context()
+        config.SSL_SERVERCERT = settings.cert
+        config.SSL_SERVERKEY = settings.key
+        config.SSL_SERVERKEYPASSWD = ""
+        config.SSL_CLIENTCERT = settings.cert
+        config.SSL_CLIENTKEY = settings.key
+        config.SSL_CLIENTKEYPASSWD = ""
+        config.SSL_CACERTS = settings.ca
+        config.SSL_REQUIRECLIENTCERT = True
+        _install_pyro_contexts(server=server, client=client)
+        config.SSL = True
+
+
+def tls_configured() -> bool:
+    """Whether :func:`configure_tls` (or Pyro5's config) turned TLS on in this process."""
+    return bool(Pyro5.api.config.SSL)
+
+
+def _install_pyro_contexts(
+    server: ssl.SSLContext | None, client: ssl.SSLContext | None
+) -> None:
+    cache = vars(socketutil)
+    if any(name not in cache for name in _PYRO_CACHE.values()):
+        raise IncompatiblePyroError(
+            f"Pyro5 {Pyro5.__version__} no longer caches its SSL contexts in "
+            f"socketutil.{_PYRO_CACHE['client']}: pyrokv.wire needs updating"
+        )
+    cache[_PYRO_CACHE["server"]] = server
+    cache[_PYRO_CACHE["client"]] = client
