@@ -1,7 +1,12 @@
 """The public API is exactly what __all__ says."""
 
+from pathlib import Path
+
+from Pyro5 import serializers
+
 import pyrokv
 import pyrokv.testing
+from pyrokv.errors import all_errors, register_with_pyro
 
 
 def test_exports() -> None:
@@ -9,21 +14,33 @@ def test_exports() -> None:
     assert pyrokv.__all__ == sorted(pyrokv.__all__)
     assert set(pyrokv.__all__) == {
         "BucketNotFoundError",
+        "ChildError",
         "Client",
         "ConfigError",
+        "IncompatiblePyroError",
         "InvalidTableError",
+        "ListenError",
+        "NameServerUnavailableError",
+        "NameTakenError",
         "NoRouteError",
+        "NoRouterError",
         "NodeHandle",
+        "NodeNotRegisteredError",
+        "NodeTimeoutError",
         "NodeUnavailableError",
+        "NodeUnreachableError",
+        "NotInTaskError",
+        "NothingToStartError",
         "ProtocolError",
         "PyroKVError",
         "Registry",
+        "Router",
         "RoutingLoopError",
         "RoutingTable",
-        "Router",
         "TaskArgumentError",
         "TaskNotAllowedError",
         "TaskRunner",
+        "UndecodableReplyError",
         "__version__",
         "start_node",
     }
@@ -39,6 +56,19 @@ def test_errors_share_one_base() -> None:
             assert issubclass(obj, pyrokv.PyroKVError)
     assert issubclass(pyrokv.NoRouteError, LookupError)
     assert issubclass(pyrokv.BucketNotFoundError, LookupError)
+
+
+def test_every_error_class_is_exported_registered_and_documented() -> None:
+    """Each class of pyrokv.errors is exported, rebuilt as itself by Pyro5 and listed
+    with its exit code in docs/cli.md."""
+    serializer = serializers.serializers["serpent"]
+    cli_md = (Path(__file__).parent.parent / "docs" / "cli.md").read_text()
+    register_with_pyro()
+    for cls in all_errors()[1:]:
+        assert getattr(pyrokv, cls.__name__) is cls
+        assert f"`{cls.__name__}` | {cls.exit_code} |" in cli_md, cls.__name__
+        back = serializer.loads(serializer.dumps(cls("some text")))
+        assert type(back) is cls and str(back) == "some text"
 
 
 def test_testing_exports() -> None:
