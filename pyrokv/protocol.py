@@ -19,6 +19,7 @@ exactly. See docs/protocol.md.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -48,6 +49,8 @@ __all__ = [
     "reply_for",
     "value_reply",
 ]
+
+log = logging.getLogger("pyrokv.protocol")
 
 DEFAULT_MAX_LINE = 64 * 1024
 
@@ -160,11 +163,18 @@ def reply_for(command: Command, result: Any) -> bytes:
 
 
 def error_reply(exc: BaseException) -> bytes:
-    """The reply to a request that failed with ``exc``."""
+    """The reply to a request that failed with ``exc``.
+
+    A pyrokv error is the client's to read (its text names what was wrong); any
+    other exception is a fault inside the node: it is logged, with its traceback,
+    and the client reads :data:`INTERNAL_ERROR`, never the exception's text.
+    """
     if isinstance(exc, BucketNotFoundError):
         return NOT_FOUND
-    text = str(exc) if isinstance(exc, PyroKVError) else f"{type(exc).__name__}: {exc}"
-    text = " ".join(text.split())  # one line, whatever the message holds
+    if not isinstance(exc, PyroKVError):
+        log.error("internal error while answering a request", exc_info=exc)
+        return INTERNAL_ERROR
+    text = " ".join(str(exc).split())  # one line, whatever the message holds
     return b"ERROR " + text.encode("utf-8", "backslashreplace") + b"\r\n"
 
 

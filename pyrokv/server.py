@@ -41,9 +41,18 @@ DEFAULT_IDLE_TIMEOUT = 300.0
 DEFAULT_MAX_CONNECTIONS = 1000
 #: Threads that make Pyro5 calls for routed text requests (and name-server look-ups).
 ROUTE_WORKERS = 32
-# Pause reading a connection whose unsent replies pass this many bytes (a client
-# that pipelines without reading), and whose queued requests pass this many lines.
-_HIGH_WATER = 1 << 20
+#: Stop answering a connection whose unsent replies pass this many bytes (a client
+#: that pipelines without reading), until they drain; replies are written out every
+#: _FLUSH bytes, so one packet of requests cannot pile up more than that.
+HIGH_WATER = 1 << 20
+_FLUSH = 256 << 10
+#: A connection whose unsent replies pass this many bytes is aborted.
+HARD_LIMIT = 4 << 20
+#: Connections that may be stopped on unsent replies at once; past this, the one
+#: stopped longest is aborted, so their buffers cost the node at most about
+#: MAX_BLOCKED * (HIGH_WATER + _FLUSH).
+MAX_BLOCKED = 128
+# Pause reading a connection whose queued requests pass this many lines.
 _MAX_QUEUED = 1024
 # The clock of asyncio's loop.time(), called directly: once per request.
 _monotonic = time.monotonic
@@ -60,7 +69,9 @@ class _Connection(asyncio.Protocol):
         self.waiting = False  # a routed request of this connection is in flight
         self.framed = False  # ... and it came as FWD: frame its reply
         self.closing = False
-        self.paused = False
+        self.paused = False  # reading is paused
+        self.blocked = False  # unsent replies passed the high-water mark
+        self.limit = server.max_line
         self.idle: asyncio.TimerHandle | None = None
         self.active = 0.0
 
@@ -76,33 +87,33 @@ class _Connection(asyncio.Protocol):
             self.closing = True
             return
         server.connections.add(self)
-        transport.set_write_buffer_limits(high=_HIGH_WATER)
+        transport.set_write_buffer_limits(high=HIGH_WATER)
         self._touch()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
         self.server.connections.discard(self)
+        self.server.blocked.pop(self, None)
         if self.idle is not None:
             self.idle.cancel()
 
     def data_received(self, data: bytes) -> None:
         if self.closing or self.too_long:
             return
-        server = self.server
         self.active = _monotonic()  # the loop's clock; see _touch
         if self.idle is None:
             self._touch()
         buffer = self.buffer + data if self.buffer else data
         lines = buffer.split(b"\n")
         self.buffer = lines.pop()
-        limit = server.max_line
+        limit = self.limit
         if len(buffer) > limit and (
-            len(self.buffer) > limit or any(len(line) > limit for line in lines)
+            _too_long(self.buffer, limit) or any(_too_long(x, limit) for x in lines)
         ):
             # Answer what came before the long line, then refuse it and hang up:
             # the rest of that line must never run as commands of its own.
             for line in lines:
-                if len(line) > limit:
+                if _too_long(line, limit):
                     break
                 self.queue.append(line)
             self.queue.append(b"")  # a marker: see _run
@@ -116,12 +127,18 @@ class _Connection(asyncio.Protocol):
             self.paused = True
 
     def pause_writing(self) -> None:
+        # The transport's buffer passed HIGH_WATER: stop answering (and reading)
+        # until it drains.
+        self.blocked = True
         if self.transport is not None and not self.paused:
             self.transport.pause_reading()
             self.paused = True
+        self.server.block(self)
 
     def resume_writing(self) -> None:
-        self._resume()
+        self.blocked = False
+        self.server.blocked.pop(self, None)
+        self._run()
 
     def eof_received(self) -> bool:
         # Half-closed by the client: answer what it sent, then close.
@@ -140,11 +157,12 @@ class _Connection(asyncio.Protocol):
         if transport is None or self.closing:
             return
         out: list[bytes] = []
+        size = 0
         queue = self.queue
         server = self.server
         handlers = server.handlers
         fresh = server.routing.fresh  # one table for the whole batch
-        while queue and not self.waiting:
+        while queue and not self.waiting and not self.blocked:
             line = queue.popleft()
             if self.too_long and not queue:
                 out.append(protocol.LINE_TOO_LONG)
@@ -156,9 +174,14 @@ class _Connection(asyncio.Protocol):
                 decision = fresh[words[1][0]]  # the routing decision, precomputed
                 if decision is HERE:  # the common case: answered here and now
                     try:
-                        out.append(handler[1](words))
+                        reply = handler[1](words)
                     except Exception as exc:  # no bucket, bad key: one reply
-                        out.append(protocol.error_reply(exc))
+                        reply = protocol.error_reply(exc)
+                    out.append(reply)
+                    size += len(reply)
+                    if size > _FLUSH:  # bound the replies of one packet
+                        self._write(out)
+                        size = 0
                 else:
                     self._route(words, line, handler[2], decision, out)
             elif words and words[0] == FORWARD:
@@ -166,11 +189,30 @@ class _Connection(asyncio.Protocol):
             else:
                 out.append(protocol.UNKNOWN)
         if out:
-            transport.write(out[0] if len(out) == 1 else b"".join(out))
+            self._write(out)
         if self.closing or (self.eof and not queue and not self.waiting):
-            transport.close()
-        elif self.paused and len(queue) <= _MAX_QUEUED // 2:
-            self._resume()
+            if self.blocked:  # it does not read: a close would wait for ever
+                transport.abort()
+            else:
+                transport.close()
+        elif self.paused and not self.blocked and len(queue) <= _MAX_QUEUED // 2:
+            self.paused = False
+            transport.resume_reading()
+
+    def _write(self, out: list[bytes]) -> None:
+        """Write ``out`` (and empty it); abort past the hard limit of unsent bytes."""
+        transport = self.transport
+        assert transport is not None
+        transport.write(out[0] if len(out) == 1 else b"".join(out))
+        out.clear()
+        if self.blocked and transport.get_write_buffer_size() > HARD_LIMIT:
+            self._abort()
+
+    def _abort(self) -> None:
+        """Drop the connection at once, unsent replies and all (a reset, not a close)."""
+        self.closing = True
+        if self.transport is not None:
+            self.transport.abort()
 
     def _route(
         self,
@@ -234,20 +276,9 @@ class _Connection(asyncio.Protocol):
             self.framed = False
         if self.transport is None or self.closing:
             return
-        self.transport.write(reply)
+        self._write([reply])
         self._touch()
         self._run()
-
-    def _resume(self) -> None:
-        transport = self.transport
-        if (
-            self.paused
-            and transport is not None
-            and not self.closing
-            and transport.get_write_buffer_size() < _HIGH_WATER
-        ):
-            self.paused = False
-            transport.resume_reading()
 
     def _touch(self) -> None:
         # Activity only moves a timestamp; the one timer checks it when it fires.
@@ -268,10 +299,20 @@ class _Connection(asyncio.Protocol):
             self.idle = loop.call_at(max(due, loop.time() + 1.0), self._expire)
             return
         self.idle = None
-        if self.transport is not None and not self.closing:
+        if self.transport is None or self.closing:
+            return
+        if self.transport.get_write_buffer_size():
+            self._abort()  # it does not read: a graceful close would wait forever
+        else:
             self.closing = True
             self.transport.write(b"ERROR idle timeout, closing\r\n")
             self.transport.close()
+
+
+def _too_long(line: bytes, limit: int) -> bool:
+    """Whether ``line`` (split at ``\\n``) passes ``limit`` without its ``\\r``."""
+    size = len(line)
+    return size > limit and (size > limit + 1 or line[-1] != 13)
 
 
 class TextServer:
@@ -306,6 +347,8 @@ class TextServer:
         self.idle_timeout = idle_timeout
         self.max_connections = max_connections
         self.connections: set[_Connection] = set()
+        #: Connections stopped on unsent replies, oldest first.
+        self.blocked: dict[_Connection, None] = {}
         self.loop = asyncio.new_event_loop()
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=ROUTE_WORKERS, thread_name_prefix="pyrokv-route"
@@ -331,6 +374,19 @@ class TextServer:
             target=self.loop.run_forever, name="pyrokv-text", daemon=True
         )
         self._thread.start()
+
+    def block(self, conn: _Connection) -> None:
+        """``conn`` stopped on unsent replies; past MAX_BLOCKED, abort the oldest."""
+        self.blocked[conn] = None
+        while len(self.blocked) > MAX_BLOCKED:
+            oldest = next(iter(self.blocked))
+            del self.blocked[oldest]
+            log.warning(
+                "aborting a connection that does not read its replies: %d "
+                "connections are stopped on unsent replies",
+                MAX_BLOCKED,
+            )
+            oldest._abort()
 
     def stop(self) -> None:
         """Close every connection and the listening socket; stop the thread."""

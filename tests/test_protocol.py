@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from pyrokv import BucketNotFoundError, NodeUnavailableError, NoRouteError
 from pyrokv.protocol import (
+    INTERNAL_ERROR,
     NOT_FOUND,
     OK,
     VERBS,
@@ -88,8 +89,9 @@ def test_replies() -> None:
     assert value_reply("two\r\nlines").startswith(b"ERROR the value holds a line break")
 
 
-def test_error_replies() -> None:
-    """A missing bucket is NOT FOUND; other errors are one ERROR line with their text."""
+def test_error_replies(caplog: pytest.LogCaptureFixture) -> None:
+    """A missing bucket is NOT FOUND; pyrokv errors are one ERROR line with their text;
+    any other exception is logged and the client reads only 'internal error'."""
     assert error_reply(BucketNotFoundError("x")) == NOT_FOUND
     assert (
         error_reply(NoRouteError("could not find entry for '1abc'"))
@@ -99,7 +101,10 @@ def test_error_replies() -> None:
         error_reply(NodeUnavailableError("node 'bar'\nis down"))
         == b"ERROR node 'bar' is down\r\n"
     )
-    assert error_reply(TypeError("bad")) == b"ERROR TypeError: bad\r\n"
+    with caplog.at_level("ERROR", logger="pyrokv.protocol"):
+        assert error_reply(TypeError("secret detail")) == INTERNAL_ERROR
+    assert INTERNAL_ERROR == b"ERROR internal error (see the node's log)\r\n"
+    assert "secret detail" in caplog.text
 
 
 @given(st.binary(max_size=200))
