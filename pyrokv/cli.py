@@ -15,13 +15,16 @@ from typing import Any
 
 from . import __version__
 from .config import Settings, load_settings
+from .defaults import (
+    DEFAULT_ALLOW,
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_LINE,
+    DEFAULT_WORKERS,
+)
 from .errors import ConfigError, PyroKVError
 from .naming import parse_address
-from .protocol import DEFAULT_MAX_LINE
-from .runner import DEFAULT_ALLOW, check_module_name
-from .server import DEFAULT_IDLE_TIMEOUT
+from .runner import check_module_name
 from .table import RoutingTable
-from .wire import DEFAULT_WORKERS
 
 __all__ = ["main"]
 

@@ -14,20 +14,23 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from .defaults import (
+    DEFAULT_ALLOW,
+    DEFAULT_CONFIG,
+    DEFAULT_HOP_LIMIT,
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_LINE,
+    DEFAULT_TABLE,
+    DEFAULT_TIMEOUT,
+    DEFAULT_WORKERS,
+)
 from .errors import ConfigError, PyroKVError
 from .naming import parse_address
-from .protocol import DEFAULT_MAX_LINE
-from .router import DEFAULT_HOP_LIMIT, DEFAULT_TIMEOUT
-from .runner import DEFAULT_ALLOW, check_module_name
-from .server import DEFAULT_IDLE_TIMEOUT
+from .runner import check_module_name
 from .table import RoutingTable, check_node_name
-from .wire import DEFAULT_WORKERS
 
 __all__ = ["DEFAULT_CONFIG", "NodeSettings", "Settings", "load_settings"]
 
-#: The file read when no --config is given, if it exists in the working directory.
-DEFAULT_CONFIG = "nameserver.conf"
-DEFAULT_TABLE = "a..m=foo, n..z=bar"
 
 _ENV = {
     "PYROKV_CONFIG": "config file to read instead of ./nameserver.conf",

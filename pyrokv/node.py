@@ -20,16 +20,25 @@ from Pyro5.api import Proxy
 
 from . import naming
 from .daemon import make_daemon
+from .defaults import (
+    DEFAULT_ALLOW,
+    DEFAULT_HOP_LIMIT,
+    DEFAULT_HOST,
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_LINE,
+    DEFAULT_NS,
+    DEFAULT_PORT,
+    DEFAULT_TIMEOUT,
+    DEFAULT_WORKERS,
+)
 from .errors import ListenError, NameServerUnavailableError, NameTakenError
-from .protocol import DEFAULT_MAX_LINE
 from .registry import Registry
 from .router import Router
-from .routing import DEFAULT_HOP_LIMIT, DEFAULT_TIMEOUT
-from .runner import DEFAULT_ALLOW, TaskRunner
-from .server import DEFAULT_IDLE_TIMEOUT, TextServer
+from .runner import TaskRunner
+from .server import TextServer
 from .table import RoutingTable, check_node_name
 from .tls import TLSSettings
-from .wire import DEFAULT_WORKERS, accept_serpent_only, setup_pyro
+from .wire import accept_serpent_only, setup_pyro
 
 __all__ = ["NodeHandle", "StopSignals", "serve_node", "start_node"]
 
@@ -127,10 +136,10 @@ class NodeHandle:
 def start_node(
     name: str,
     table: RoutingTable,
-    ns: tuple[str, int] = ("127.0.0.1", 9090),
+    ns: tuple[str, int] = DEFAULT_NS,
     *,
-    host: str = "127.0.0.1",
-    port: int = 0,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
     allow: Iterable[str] = DEFAULT_ALLOW,
     timeout: float = DEFAULT_TIMEOUT,
     hop_limit: int = DEFAULT_HOP_LIMIT,

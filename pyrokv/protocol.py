@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from . import tasks
+from .defaults import DEFAULT_MAX_LINE
 from .errors import BucketNotFoundError, ProtocolError, PyroKVError
 from .table import check_node_name
 
@@ -51,8 +52,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("pyrokv.protocol")
-
-DEFAULT_MAX_LINE = 64 * 1024
 
 OK = b"OK\r\n"
 _LINE_OK = b"\r\nOK\r\n"

@@ -21,6 +21,7 @@ import math
 from collections.abc import Sequence
 from typing import Final, NamedTuple
 
+from .defaults import DEFAULT_HOP_LIMIT, DEFAULT_TIMEOUT
 from .errors import RoutingLoopError
 from .table import RoutingTable
 
@@ -34,9 +35,6 @@ __all__ = [
     "Routing",
     "inner_budget",
 ]
-
-DEFAULT_TIMEOUT = 5.0
-DEFAULT_HOP_LIMIT = 16
 
 
 class Here:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from Pyro5.api import expose
 
 from . import tasks
+from .defaults import DEFAULT_ALLOW
 from .errors import NoRouterError, TaskArgumentError, TaskNotAllowedError
 
 if TYPE_CHECKING:
@@ -26,8 +27,6 @@ if TYPE_CHECKING:
     from .router import Router
 
 __all__ = ["DEFAULT_ALLOW", "TaskRunner", "check_module_name"]
-
-DEFAULT_ALLOW: tuple[str, ...] = ("pyrokv.tasks",)
 
 _DOTTED = re.compile(r"[A-Za-z][A-Za-z0-9_]*(?:\.[A-Za-z][A-Za-z0-9_]*)*")
 

@@ -20,6 +20,7 @@ import time
 from typing import Any
 
 from . import protocol
+from .defaults import DEFAULT_IDLE_TIMEOUT
 from .errors import ProtocolError
 from .peer import PeerLinks
 from .protocol import FORWARD, Handler, Verb
@@ -37,7 +38,6 @@ __all__ = [
 
 log = logging.getLogger("pyrokv.server")
 
-DEFAULT_IDLE_TIMEOUT = 300.0
 DEFAULT_MAX_CONNECTIONS = 1000
 #: Threads that make Pyro5 calls for routed text requests (and name-server look-ups).
 ROUTE_WORKERS = 32

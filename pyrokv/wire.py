@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import Pyro5.api
 from Pyro5 import socketutil
 
+from .defaults import DEFAULT_WORKERS
 from .errors import IncompatiblePyroError, register_with_pyro
 
 if TYPE_CHECKING:
@@ -36,8 +37,6 @@ PEER_IDLE_TIMEOUT = 60.0
 #: The largest Pyro5 message a process accepts (Pyro5's default is 1 GiB, which
 #: lets one peer make a node allocate that much before anything is checked).
 MAX_MESSAGE_SIZE = 64 * 1024 * 1024
-#: Pyro5 worker threads per node; each open connection into the node holds one.
-DEFAULT_WORKERS = 256
 
 _done = threading.Lock()
 _ready = False
