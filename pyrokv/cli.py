@@ -236,7 +236,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _nameserver(args: argparse.Namespace, settings: Settings) -> int:
     from .daemon import make_nameserver
-    from .node import StopSignals
+    from .signals import StopSignals
     from .wire import accept_serpent_only, setup_pyro
 
     setup_pyro()

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import signal
 import sys
-import threading
 import time
 from typing import TextIO
 
@@ -13,7 +11,7 @@ from .cluster import Child, ChildError, LocalCluster, spawn_nameserver, spawn_no
 from .config import NodeSettings, Settings
 from .errors import PyroKVError
 from .naming import parse_address
-from .node import STOP_SIGNALS
+from .signals import StopSignals
 from .table import RoutingTable
 from .testing import Conn
 
@@ -76,49 +74,42 @@ def run_up(settings: Settings, out: TextIO = sys.stdout) -> int:
         raise PyroKVError(
             f"no [node NAME] sections in {settings.source}: nothing to start"
         )
-    stop = threading.Event()
-
-    def handler(_signum: int, _frame: object) -> None:
-        stop.set()
-
-    previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
     children: list[Child] = []
-    try:
+    with StopSignals() as signals:
         try:
-            ns_child, ns = spawn_nameserver(
-                settings.ns_host, settings.ns_port, extra=_tls_args(settings)
-            )
-        except ChildError as exc:
-            raise PyroKVError(
-                f"the name server did not start: {_child_failure(exc.child)}"
-            ) from None
-        children.append(ns_child)
-        rows = []
-        for node in settings.nodes:
             try:
-                child = spawn_node(node.name, ns, extra=_node_args(node, settings))
+                ns_child, ns = spawn_nameserver(
+                    settings.ns_host, settings.ns_port, extra=_tls_args(settings)
+                )
             except ChildError as exc:
                 raise PyroKVError(
-                    f"node {node.name!r} did not start: {_child_failure(exc.child)}"
+                    f"the name server did not start: {_child_failure(exc.child)}"
                 ) from None
-            children.append(child)
-            table = settings.table if node.table is None else node.table
-            rows.append((node.name, table, _listen_address(child), child))
-        _print_up(out, settings, ns, rows)
-        while not stop.wait(0.5):
-            for child in children:
-                if not child.alive():
+            children.append(ns_child)
+            rows = []
+            for node in settings.nodes:
+                try:
+                    child = spawn_node(node.name, ns, extra=_node_args(node, settings))
+                except ChildError as exc:
                     raise PyroKVError(
-                        f"{child.name} stopped unexpectedly: {_child_failure(child)}; "
-                        "stopping the cluster"
-                    )
-        print("stopping the cluster ...", file=out, flush=True)
-        return 0
-    finally:
-        for child in reversed(children):
-            child.stop()
-        for sig, old in previous.items():
-            signal.signal(sig, old)
+                        f"node {node.name!r} did not start: {_child_failure(exc.child)}"
+                    ) from None
+                children.append(child)
+                table = settings.table if node.table is None else node.table
+                rows.append((node.name, table, _listen_address(child), child))
+            _print_up(out, settings, ns, rows)
+            while not signals.wait(0.5):
+                for child in children:
+                    if not child.alive():
+                        raise PyroKVError(
+                            f"{child.name} stopped unexpectedly: {_child_failure(child)}; "
+                            "stopping the cluster"
+                        )
+            print("stopping the cluster ...", file=out, flush=True)
+            return 0
+        finally:
+            for child in reversed(children):
+                child.stop()
 
 
 def _print_up(

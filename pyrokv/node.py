@@ -8,7 +8,6 @@ unregister, exit.
 
 from __future__ import annotations
 
-import signal
 import sys
 import threading
 from collections.abc import Iterable
@@ -36,11 +35,12 @@ from .registry import Registry
 from .router import Router
 from .runner import TaskRunner
 from .server import TextServer
+from .signals import STOP_SIGNALS, StopSignals
 from .table import RoutingTable, check_node_name
 from .tls import TLSSettings
 from .wire import accept_serpent_only, setup_pyro
 
-__all__ = ["NodeHandle", "StopSignals", "serve_node", "start_node"]
+__all__ = ["STOP_SIGNALS", "NodeHandle", "StopSignals", "serve_node", "start_node"]
 
 #: How often a node checks that the name server still holds its registration
 #: (a restarted name server is empty: the node registers again by itself).
@@ -238,41 +238,6 @@ def _taken(name: str, why: str) -> NameTakenError:
     return NameTakenError(
         f"node name {name!r} is taken: {why}; stop that node or pick another name"
     )
-
-
-#: The signals that stop a pyrokv process cleanly (a node unregisters first).
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-
-
-class StopSignals:
-    """SIGTERM, SIGINT (Ctrl-C) and SIGHUP (terminal closed) set an event, from the
-    moment this is entered.
-
-    Enter it *before* printing READY: a parent that stops the child as soon as it
-    reads READY must find the handler in place, or the child dies of the signal's
-    default action instead of unregistering.
-    """
-
-    def __init__(self) -> None:
-        self.stop = threading.Event()
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> StopSignals:
-        def handler(_signum: int, _frame: object) -> None:
-            self.stop.set()
-
-        for sig in STOP_SIGNALS:
-            self._previous[sig] = signal.signal(sig, handler)
-        return self
-
-    def wait(self) -> None:
-        """Block until a signal arrived."""
-        while not self.stop.wait(1.0):
-            pass
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, old in self._previous.items():
-            signal.signal(sig, old)
 
 
 def serve_node(
