@@ -22,7 +22,7 @@ from .defaults import (
     DEFAULT_WORKERS,
 )
 from .errors import ConfigError, PyroKVError
-from .naming import parse_address
+from .naming import parse_address, parse_port
 from .runner import check_module_name
 from .table import RoutingTable
 
@@ -199,14 +199,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _port(raw: str) -> int:
-    """An argparse type: a port number in 0..65535."""
+    """An argparse type: :func:`pyrokv.naming.parse_port`, its message as the error."""
     try:
-        port = int(raw)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{raw!r} is not a port number") from None
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"port {port} is outside 0..65535")
-    return port
+        return parse_port(raw)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -25,7 +25,7 @@ from .defaults import (
     DEFAULT_WORKERS,
 )
 from .errors import ConfigError, PyroKVError
-from .naming import parse_address
+from .naming import parse_address, parse_port
 from .runner import check_module_name
 from .table import RoutingTable, check_node_name
 
@@ -201,7 +201,7 @@ def _read_file(path: Path, settings: Settings) -> Settings:
                 )
             if "port" in items:
                 changes["ns_port"] = _value(
-                    "port", f"[{section}] of {where}", items["port"], _port
+                    "port", f"[{section}] of {where}", items["port"], parse_port
                 )
         elif section == "cluster":
             _known(items, {"table", "timeout", "hop_limit"}, section, where)
@@ -257,7 +257,7 @@ def _node(section: str, items: dict[str, str], where: str) -> NodeSettings:
     if "host" in items:
         fields["host"] = _value("host", at, items["host"], _host)
     if "port" in items:
-        fields["port"] = _value("port", at, items["port"], _port)
+        fields["port"] = _value("port", at, items["port"], parse_port)
     if items.get("listen", "").strip():
         fields["listen"] = _value("listen", at, items["listen"], _address)
     if items.get("table", "").strip():
@@ -299,13 +299,6 @@ def _host(raw: str) -> str:
     if not raw or any(c.isspace() for c in raw):
         raise ValueError(f"{raw!r} is not a host name or address")
     return raw
-
-
-def _port(raw: str) -> int:
-    port = int(raw)
-    if not 0 <= port <= 65535:
-        raise ValueError(f"port {port} is outside 0..65535")
-    return port
 
 
 def _positive(raw: str) -> int:

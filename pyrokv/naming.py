@@ -15,6 +15,7 @@ __all__ = [
     "node_of",
     "ns_proxy",
     "parse_address",
+    "parse_port",
     "registry_name",
     "tasks_name",
     "text_address",
@@ -65,15 +66,30 @@ def node_of(name: str) -> str | None:
     return None
 
 
+def parse_port(text: str) -> int:
+    """Read a port number, 0..65535 (0: any free port); ValueError saying why not.
+
+    The one port check: the config file, the ``--port`` flags and
+    :func:`parse_address` all use it.
+    """
+    port = int(text)
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port {port} is outside 0..65535")
+    return port
+
+
 def parse_address(text: str, what: str = "address") -> tuple[str, int]:
     """Read ``HOST:PORT`` (``[::1]:9090`` for IPv6) into (host, port)."""
     host, sep, port = str(text).strip().rpartition(":")
     host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+    try:
+        if not sep or not host or not port.isdigit():
+            raise ValueError(port)
+        return host, parse_port(port)
+    except ValueError:
         raise ConfigError(
             f"invalid {what} {text!r}: expected HOST:PORT, for example 127.0.0.1:9090"
-        )
-    return host, int(port)
+        ) from None
 
 
 def ns_proxy(host: str, port: int, timeout: float) -> Any:

@@ -9,6 +9,7 @@ import pytest
 from pyrokv import ConfigError, RoutingTable
 from pyrokv.cli import main
 from pyrokv.config import load_settings
+from pyrokv.naming import parse_address, parse_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -105,3 +106,31 @@ def test_missing_config_file_exits_2(capsys: pytest.CaptureFixture[str]) -> None
     """--config naming a missing file is a configuration error, exit 2."""
     assert main(["config", "--config", "/nonexistent.conf"]) == 2
     assert "config file /nonexistent.conf does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ("70000", "port 70000 is outside 0..65535"),
+        ("-1", "port -1 is outside 0..65535"),
+        ("abc", "invalid literal for int() with base 10: 'abc'"),
+    ],
+)
+def test_one_port_check_for_file_and_flags(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], raw: str, message: str
+) -> None:
+    """The config file and the --port flags refuse a bad port with the same words."""
+    conf = tmp_path / "c.conf"
+    conf.write_text(f"[nameserver]\nport = {raw}\n[node x]\nport = {raw}\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(conf, {})
+    assert str(info.value).endswith(f": {message}")
+    for argv in (["nameserver", "--port", raw], ["node", "x", "--port", raw]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 2
+        assert f"argument --port: {message}\n" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="invalid --ns"):
+        parse_address(f"127.0.0.1:{raw}", "--ns")
+    assert parse_port("0") == 0
+    assert parse_port("65535") == 65535
