@@ -14,58 +14,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import __version__
-from .config import Settings, load_settings
-from .defaults import (
-    DEFAULT_ALLOW,
-    DEFAULT_IDLE_TIMEOUT,
-    DEFAULT_MAX_LINE,
-    DEFAULT_WORKERS,
-)
+from .config import Settings
 from .errors import ConfigError, PyroKVError
-from .naming import parse_address, parse_port
-from .runner import check_module_name
-from .table import RoutingTable
+from .flags import add_setting_flags, settings_for
 
 __all__ = ["main"]
 
 TASKS_MODULE = "pyrokv.tasks"
-
-
-def _common(parser: argparse.ArgumentParser, ns: bool = True, tls: bool = True) -> None:
-    parser.add_argument(
-        "--config",
-        metavar="FILE",
-        help="settings file (default: ./nameserver.conf when present, or $PYROKV_CONFIG)",
-    )
-    if tls:
-        group = parser.add_argument_group(
-            "mutual TLS (all three, or none; default: the config's [tls] section)"
-        )
-        group.add_argument(
-            "--tls-cert", metavar="FILE", help="this process's certificate (PEM)"
-        )
-        group.add_argument(
-            "--tls-key", metavar="FILE", help="its private key (PEM, unencrypted)"
-        )
-        group.add_argument(
-            "--tls-ca", metavar="FILE", help="the CA that signs every peer (PEM)"
-        )
-    if ns:
-        parser.add_argument(
-            "--ns",
-            metavar="HOST:PORT",
-            help="the name server (default: $PYROKV_NS, else the config file, "
-            "else 127.0.0.1:9090)",
-        )
-
-
-def _timeout(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--timeout",
-        type=float,
-        metavar="SECONDS",
-        help="longest a routed request may take (default 5)",
-    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,15 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="run Pyro5's name server in the foreground",
         description="Run Pyro5's own name server (no broadcast) until SIGTERM, SIGHUP or Ctrl-C.",
     )
-    _common(p, ns=False)
-    p.add_argument(
-        "--host", help="address to bind (default: [nameserver] host, 127.0.0.1)"
-    )
-    p.add_argument(
-        "--port",
-        type=_port,
-        help="port (default: [nameserver] port, 9090; 0 = any free)",
-    )
+    add_setting_flags(p, "nameserver")
 
     p = commands.add_parser(
         "node",
@@ -100,47 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
         "once registered; SIGTERM, SIGHUP or Ctrl-C unregisters it and exits 0.",
     )
     p.add_argument("name", metavar="NAME", help="node name (letters, digits, '_', '-')")
-    _common(p)
-    _timeout(p)
-    p.add_argument(
-        "--host", help="address the node's Pyro5 daemon binds (default 127.0.0.1)"
-    )
-    p.add_argument("--port", type=_port, help="its port (default 0: any free port)")
-    p.add_argument(
-        "--table", metavar="SPEC", help="routing table, e.g. 'a..m=foo, n..z=bar'"
-    )
-    p.add_argument(
-        "--allow",
-        metavar="MODULE",
-        action="append",
-        default=[],
-        help=f"also run tasks from MODULE (repeatable; {', '.join(DEFAULT_ALLOW)} always)",
-    )
-    p.add_argument(
-        "--listen",
-        metavar="HOST:PORT",
-        help="also serve the text protocol here (default: off; port 0 = any free port)",
-    )
-    p.add_argument(
-        "--max-line",
-        type=int,
-        metavar="BYTES",
-        help=f"longest request line of the text protocol (default {DEFAULT_MAX_LINE})",
-    )
-    p.add_argument(
-        "--idle-timeout",
-        type=float,
-        metavar="SECONDS",
-        help="close text connections idle this long "
-        f"(default {DEFAULT_IDLE_TIMEOUT:g})",
-    )
-    p.add_argument(
-        "--workers",
-        type=int,
-        metavar="N",
-        help="Pyro5 worker threads; each connection into the node holds one "
-        f"(default {DEFAULT_WORKERS})",
-    )
+    add_setting_flags(p, "node")
 
     p = commands.add_parser(
         "call",
@@ -159,8 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NODE",
         help="node whose router starts the route (default: any live node)",
     )
-    _common(p)
-    _timeout(p)
+    add_setting_flags(p, "call")
 
     p = commands.add_parser(
         "up",
@@ -169,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
         "the config (default: foo a..m on text port 4040, bar n..z on 4041), print "
         "where each runs, and keep them running until SIGTERM, SIGHUP or Ctrl-C.",
     )
-    _common(p, ns=False)
+    add_setting_flags(p, "up")
 
     p = commands.add_parser(
         "demo",
@@ -179,14 +85,14 @@ def build_parser() -> argparse.ArgumentParser:
         "routed bucket, route hello and world, show a bucket with no entry, stop "
         "everything.",
     )
-    _common(p, ns=False, tls=False)
+    add_setting_flags(p, "demo")
 
     p = commands.add_parser(
         "status",
         help="list the registered nodes: address, liveness, table, buckets",
         description="One row per node registered in the name server.",
     )
-    _common(p)
+    add_setting_flags(p, "status")
 
     p = commands.add_parser(
         "config",
@@ -194,35 +100,16 @@ def build_parser() -> argparse.ArgumentParser:
         description="Print the settings after defaults, the config file and PYROKV_* "
         "variables are applied.",
     )
-    _common(p)
+    add_setting_flags(p, "config")
     return parser
-
-
-def _port(raw: str) -> int:
-    """An argparse type: :func:`pyrokv.naming.parse_port`, its message as the error."""
-    try:
-        return parse_port(raw)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``pyrokv`` command line; return its exit code."""
     parser = build_parser()
-    args = parser.parse_args(argv)
     try:
-        settings = load_settings(args.config)
-        if getattr(args, "ns", None):
-            host, port = parse_address(args.ns, "--ns")
-            settings = settings.replace(ns_host=host, ns_port=port)
-        if getattr(args, "timeout", None) is not None:
-            if not args.timeout > 0:
-                parser.error("--timeout must be a positive number of seconds")
-            settings = settings.replace(timeout=args.timeout)
-        if any(getattr(args, f"tls_{k}", None) for k in ("cert", "key", "ca")):
-            settings = settings.replace(
-                tls_cert=args.tls_cert, tls_key=args.tls_key, tls_ca=args.tls_ca
-            )
+        args = parser.parse_args(argv)
+        settings = settings_for(args)
         return int(COMMANDS[args.command](args, settings))
     except PyroKVError as exc:
         print(f"pyrokv: {type(exc).__name__}: {exc}", file=sys.stderr)
@@ -239,8 +126,7 @@ def _nameserver(args: argparse.Namespace, settings: Settings) -> int:
     setup_pyro()
     accept_serpent_only()
     tls = _tls(settings)
-    host = args.host or settings.ns_host
-    port = settings.ns_port if args.port is None else args.port
+    host, port = settings.ns
     _warn_if_exposed("the name server", host, tls=tls is not None)
     try:
         uri, daemon = make_nameserver(host, port, tls)
@@ -266,36 +152,13 @@ def _nameserver(args: argparse.Namespace, settings: Settings) -> int:
 def _node(args: argparse.Namespace, settings: Settings) -> int:
     from .node import serve_node
 
-    node = settings.node(args.name)
-    table = settings.table if node.table is None else node.table
-    if args.table is not None:
-        table = RoutingTable.parse(args.table)
-    allow = [*node.allow, *(check_module_name(m) for m in args.allow)]
-    listen = None if args.listen is None else parse_address(args.listen, "--listen")
-    max_line = node.max_line if args.max_line is None else args.max_line
-    idle = node.idle_timeout if args.idle_timeout is None else args.idle_timeout
-    workers = node.workers if args.workers is None else args.workers
-    if max_line < 1 or not idle > 0 or workers < 1:
-        raise ConfigError("--max-line, --idle-timeout and --workers must be positive")
-    host = args.host or node.host
-    _check_node_host(args.name, host, settings.ns_host)
+    options = settings.node_options(args.name)
+    _check_node_host(args.name, options["host"], settings.ns_host)
     tls = _tls(settings)
-    _warn_if_exposed(f"node {args.name!r}", host, listen, tls=tls is not None)
-    return serve_node(
-        args.name,
-        table,
-        settings.ns,
-        host=host,
-        port=node.port if args.port is None else args.port,
-        allow=allow,
-        timeout=settings.timeout,
-        hop_limit=settings.hop_limit,
-        listen=listen,
-        max_line=max_line,
-        idle_timeout=idle,
-        workers=workers,
-        tls=tls,
+    _warn_if_exposed(
+        f"node {args.name!r}", options["host"], options["listen"], tls=tls is not None
     )
+    return serve_node(args.name, ns=settings.ns, tls=tls, **options)
 
 
 _LOOPBACK = ("127.", "localhost", "::1")

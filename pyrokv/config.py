@@ -1,94 +1,182 @@
-"""Settings: every default in one place, then nameserver.conf, then PYROKV_* variables.
+"""Settings: the built-in defaults, then nameserver.conf, then PYROKV_* variables.
 
-The command line applies its flags last, so the precedence is: flag, environment,
-config file, built-in default. A bad value raises :class:`ConfigError` naming the key
-and where it came from.
+What there is to set is declared once, in :mod:`pyrokv.settings`; this module reads
+a config file and the environment by that table and holds the result. The command
+line applies its flags last, so the precedence is: flag, environment, config file,
+built-in default. A bad value raises :class:`ConfigError` naming the key and where
+it came from; every value remembers where it came from (:meth:`Settings.origin`).
 """
 
 from __future__ import annotations
 
 import configparser
+import contextlib
 import dataclasses
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
-from .defaults import (
-    DEFAULT_ALLOW,
-    DEFAULT_CONFIG,
-    DEFAULT_HOP_LIMIT,
-    DEFAULT_IDLE_TIMEOUT,
-    DEFAULT_MAX_LINE,
-    DEFAULT_TABLE,
-    DEFAULT_TIMEOUT,
-    DEFAULT_WORKERS,
-)
+from .defaults import DEFAULT_CONFIG, DEFAULT_NODES
 from .errors import ConfigError, PyroKVError
-from .naming import parse_address, parse_port
-from .runner import check_module_name
-from .table import RoutingTable, check_node_name
+from .settings import (
+    CONFIG_ENV,
+    NS,
+    SECTIONS,
+    SETTINGS,
+    Setting,
+    known_environment,
+    section,
+    settings_of,
+)
+from .table import check_node_name
 
-__all__ = ["DEFAULT_CONFIG", "NodeSettings", "Settings", "load_settings"]
+__all__ = [
+    "DEFAULT_CONFIG",
+    "NodeSettings",
+    "Settings",
+    "load_settings",
+    "save_settings",
+]
 
+#: Where a value not set anywhere comes from.
+DEFAULT_ORIGIN = "default"
 
-_ENV = {
-    "PYROKV_CONFIG": "config file to read instead of ./nameserver.conf",
-    "PYROKV_NS": "name server as HOST:PORT",
-    "PYROKV_TABLE": "default routing table, text form",
-    "PYROKV_TIMEOUT": "seconds a routed request may take",
+_NODE_SETTINGS = {s.key: s for s in settings_of("node")}
+#: Settings attribute -> (section, key): ns_host, table, tls_cert ...
+_ATTRIBUTES = {
+    f"{section(s.section).prefix}{s.key}": (s.section, s.key)
+    for s in SETTINGS
+    if s.section != "node"
 }
 
 
-@dataclasses.dataclass(frozen=True)
 class NodeSettings:
-    """One ``[node NAME]`` section: how ``pyrokv up`` starts that node.
+    """One ``[node NAME]`` section: every node setting, defaults filled in.
 
-    ``pyrokv node NAME`` reads host, port, table, allow, max_line and idle_timeout
-    from it too; ``listen`` only from its own flag, so a node started by hand
-    serves the text protocol only when asked to.
+    Read values as attributes (``node.listen``, ``node.workers``) or from
+    ``node.values``. ``pyrokv node NAME`` takes all of them but ``listen`` from its
+    section (see :meth:`Settings.for_node_by_hand`); ``pyrokv up`` takes them all.
     """
 
+    __slots__ = ("name", "values")
     name: str
-    host: str = "127.0.0.1"
-    port: int = 0
-    listen: tuple[str, int] | None = None
-    table: RoutingTable | None = None
-    allow: tuple[str, ...] = DEFAULT_ALLOW
-    max_line: int = DEFAULT_MAX_LINE
-    idle_timeout: float = DEFAULT_IDLE_TIMEOUT
-    workers: int = DEFAULT_WORKERS
+    values: Mapping[str, Any]
+
+    def __init__(self, name: str, **values: Any) -> None:
+        unknown = sorted(set(values) - set(_NODE_SETTINGS))
+        if unknown:
+            raise TypeError(f"no node setting {unknown[0]!r}")
+        object.__setattr__(self, "name", name)
+        full = {key: values.get(key, s.default) for key, s in _NODE_SETTINGS.items()}
+        object.__setattr__(self, "values", MappingProxyType(full))
+
+    def __getattr__(self, key: str) -> Any:
+        if key in _NODE_SETTINGS and key not in NodeSettings.__slots__:
+            return self.values[key]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {key!r}")
+
+    def __setattr__(self, key: str, value: object) -> None:
+        raise dataclasses.FrozenInstanceError(f"cannot assign to field {key!r}")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, NodeSettings):
+            return NotImplemented
+        return (self.name, dict(self.values)) == (other.name, dict(other.values))
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        values = ", ".join(f"{k}={v!r}" for k, v in self.values.items())
+        return f"NodeSettings({self.name!r}, {values})"
+
+    def replace(self, **values: Any) -> NodeSettings:
+        """A copy with some values changed."""
+        return NodeSettings(self.name, **{**self.values, **values})
+
+
+def _default_values() -> Mapping[tuple[str, str], Any]:
+    return MappingProxyType(
+        {(s.section, s.key): s.default for s in SETTINGS if s.section != "node"}
+    )
+
+
+def _default_nodes() -> tuple[NodeSettings, ...]:
+    return tuple(NodeSettings(name, listen=listen) for name, listen in DEFAULT_NODES)
 
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    """The effective settings of one pyrokv command."""
+    """The effective settings of one pyrokv command.
 
-    ns_host: str = "127.0.0.1"
-    ns_port: int = 9090
-    table: RoutingTable = dataclasses.field(
-        default_factory=lambda: RoutingTable.parse(DEFAULT_TABLE)
+    ``values`` holds every setting of [nameserver], [cluster] and [tls] by
+    (section, key); ``nodes`` the [node NAME] sections (the file's, else the
+    built-in foo and bar). Read them as ``settings.get("cluster", "timeout")`` or
+    as attributes: ``ns_host``, ``ns_port``, ``table``, ``timeout``, ``hop_limit``,
+    ``tls_cert``, ``tls_key``, ``tls_ca``.
+    """
+
+    values: Mapping[tuple[str, str], Any] = dataclasses.field(
+        default_factory=_default_values
     )
-    timeout: float = DEFAULT_TIMEOUT
-    hop_limit: int = DEFAULT_HOP_LIMIT
-    nodes: tuple[NodeSettings, ...] = (
-        NodeSettings("foo", listen=("127.0.0.1", 4040)),
-        NodeSettings("bar", listen=("127.0.0.1", 4041)),
-    )
+    nodes: tuple[NodeSettings, ...] = dataclasses.field(default_factory=_default_nodes)
+    #: The config file read, or "built-in defaults".
     source: str = "built-in defaults"
-    #: [tls] cert, key, ca: this process's certificate, key and the cluster's CA
-    tls_cert: str | None = None
-    tls_key: str | None = None
-    tls_ca: str | None = None
+    #: "[section] key" -> where its value came from; absent: the default.
+    origins: Mapping[str, str] = dataclasses.field(
+        default_factory=dict, compare=False, repr=False
+    )
+
+    def __getattr__(self, name: str) -> Any:
+        if name in _ATTRIBUTES:
+            return self.values[_ATTRIBUTES[name]]
+        raise AttributeError(
+            f"{type(self).__name__!r} object has no attribute {name!r}"
+        )
 
     @property
     def ns(self) -> tuple[str, int]:
         """The name server as (host, port)."""
-        return self.ns_host, self.ns_port
+        return self.get("nameserver", "host"), self.get("nameserver", "port")
+
+    def get(self, section_name: str, key: str) -> Any:
+        """One value; ``section_name`` is ``nameserver``, ``cluster``, ``tls`` or
+        ``node NAME``."""
+        if section_name.startswith("node "):
+            return self.node(section_name[len("node ") :]).values[key]
+        return self.values[(section_name, key)]
+
+    def origin(self, section_name: str, key: str) -> str:
+        """Where a value came from: ``default``, ``file PATH``,
+        ``environment PYROKV_NS`` or ``flag --ns``."""
+        return self.origins.get(f"[{section_name}] {key}", DEFAULT_ORIGIN)
+
+    def set(self, section_name: str, key: str, value: Any, origin: str) -> Settings:
+        """A copy with one value changed, remembering where it came from."""
+        origins = {**self.origins, f"[{section_name}] {key}": origin}
+        if not section_name.startswith("node "):
+            if (section_name, key) not in self.values:
+                raise KeyError(f"no setting {key!r} in [{section_name}]")
+            values = MappingProxyType({**self.values, (section_name, key): value})
+            return dataclasses.replace(self, values=values, origins=origins)
+        name = section_name[len("node ") :]
+        node = self.node(name).replace(**{key: value})
+        nodes = [node if n.name == name else n for n in self.nodes]
+        if node not in nodes:
+            nodes.append(node)
+        return dataclasses.replace(self, nodes=tuple(nodes), origins=origins)
 
     def replace(self, **changes: Any) -> Settings:
-        """A copy with some settings changed (how flags are applied)."""
-        return dataclasses.replace(self, **changes)
+        """A copy with some settings changed, by attribute name (``timeout=2``),
+        or ``nodes`` or ``source``."""
+        settings = self
+        for name, value in changes.items():
+            if name in _ATTRIBUTES:
+                settings = settings.set(*_ATTRIBUTES[name], value, "replace()")
+            else:
+                settings = dataclasses.replace(settings, **{name: value})
+        return settings
 
     def node(self, name: str) -> NodeSettings:
         """The ``[node NAME]`` settings, or the defaults for a node not in the file."""
@@ -97,43 +185,69 @@ class Settings:
                 return node
         return NodeSettings(name)
 
-    def describe(self) -> str:
-        """The effective settings as ``pyrokv config`` prints them."""
-        lines = [
-            f"# from: {self.source}",
-            "[nameserver]",
-            f"host = {self.ns_host}",
-            f"port = {self.ns_port}",
-            "",
-            "[cluster]",
-            f"table = {self.table.spec()}",
-            f"timeout = {self.timeout:g}",
-            f"hop_limit = {self.hop_limit}",
-        ]
-        if self.tls_cert or self.tls_key or self.tls_ca:
-            lines += [
-                "",
-                "[tls]",
-                f"cert = {self.tls_cert or ''}",
-                f"key = {self.tls_key or ''}",
-                f"ca = {self.tls_ca or ''}",
-            ]
+    def for_node_by_hand(self, name: str) -> Settings:
+        """The settings as ``pyrokv node NAME`` run by hand sees them: the values of
+        its section that serve ``pyrokv up`` only (``listen``) back at their defaults.
+        """
+        settings = self
+        for s in _NODE_SETTINGS.values():
+            if s.up_only:
+                settings = settings.set(
+                    f"node {name}", s.key, s.default, DEFAULT_ORIGIN
+                )
+        return settings
+
+    def node_options(self, name: str) -> dict[str, Any]:
+        """The keyword arguments of :func:`pyrokv.start_node` for node ``name``:
+        every setting declared ``start_node``, a node's table falling back to the
+        [cluster] table."""
+        node = self.node(name)
+        options = {}
+        for s in SETTINGS:
+            if not s.start_node:
+                continue
+            value = (
+                node.values[s.key]
+                if s.section == "node"
+                else self.get(s.section, s.key)
+            )
+            if value is None and s.fallback is not None:
+                value = self.get("cluster", s.fallback)
+            options[s.key] = value
+        return options
+
+    def describe(self, absolute_paths: bool = False) -> str:
+        """The effective settings as ``pyrokv config`` prints them: a config file
+        that :func:`load_settings` reads back to the same values (with
+        ``absolute_paths``, wherever the file is put)."""
+        blocks = []
+        for sec in SECTIONS:
+            if sec.name == "node":
+                continue
+            values = {s: self.values[(s.section, s.key)] for s in settings_of(sec.name)}
+            if sec.together and all(v is None for v in values.values()):
+                continue
+            blocks.append(_block(f"[{sec.name}]", values, sec.together, absolute_paths))
         for node in self.nodes:
-            lines += [
-                "",
-                f"[node {node.name}]",
-                f"host = {node.host}",
-                f"port = {node.port}",
-            ]
-            if node.listen:
-                lines.append(f"listen = {node.listen[0]}:{node.listen[1]}")
-            if node.table is not None:
-                lines.append(f"table = {node.table.spec()}")
-            lines.append(f"allow = {', '.join(node.allow)}")
-            lines.append(f"max_line = {node.max_line}")
-            lines.append(f"idle_timeout = {node.idle_timeout:g}")
-            lines.append(f"workers = {node.workers}")
-        return "\n".join(lines)
+            values = {s: node.values[key] for key, s in _NODE_SETTINGS.items()}
+            blocks.append(_block(f"[node {node.name}]", values, False, absolute_paths))
+        return f"# from: {self.source}\n" + "\n\n".join(blocks)
+
+
+def _block(
+    title: str, values: Mapping[Setting, Any], together: bool, absolute: bool
+) -> str:
+    lines = [title]
+    for s, value in values.items():
+        if value is None:
+            if together:
+                lines.append(f"{s.key} = ")
+            continue
+        text = s.show(value)
+        if s.path and absolute:
+            text = os.path.abspath(text)
+        lines.append(f"{s.key} = {text}")
+    return "\n".join(lines)
 
 
 def load_settings(
@@ -143,38 +257,46 @@ def load_settings(
     """Read the config file (``path``, else ``$PYROKV_CONFIG``, else ./nameserver.conf
     if present), then the ``PYROKV_*`` environment variables."""
     environ = os.environ if environ is None else environ
+    known = known_environment()
     for key in environ:
-        if key.startswith("PYROKV_") and key not in _ENV:
-            known = ", ".join(sorted(_ENV))
+        if key.startswith("PYROKV_") and key not in known:
             raise ConfigError(
-                f"unknown environment variable {key}: pyrokv reads {known}"
+                f"unknown environment variable {key}: pyrokv reads {', '.join(known)}"
             )
     settings = Settings()
     if path is None:
-        path = environ.get("PYROKV_CONFIG") or None
+        path = environ.get(CONFIG_ENV) or None
         if path is None and Path(DEFAULT_CONFIG).is_file():
             path = DEFAULT_CONFIG
     if path is not None:
         settings = _read_file(Path(path), settings)
-    if "PYROKV_NS" in environ:
-        host, port = _value(
-            "PYROKV_NS", "the environment", environ["PYROKV_NS"], _address
+    if NS.env in environ:
+        raw = environ[NS.env]
+        values = _value(
+            NS.env, "the environment", raw, lambda t: NS.parse(t, "address")
         )
-        settings = settings.replace(ns_host=host, ns_port=port)
-    if "PYROKV_TABLE" in environ:
-        table = _value(
-            "PYROKV_TABLE",
-            "the environment",
-            environ["PYROKV_TABLE"],
-            RoutingTable.parse,
-        )
-        settings = settings.replace(table=table)
-    if "PYROKV_TIMEOUT" in environ:
-        timeout = _value(
-            "PYROKV_TIMEOUT", "the environment", environ["PYROKV_TIMEOUT"], _seconds
-        )
-        settings = settings.replace(timeout=timeout)
+        for key, value in zip(NS.keys, values, strict=True):
+            settings = settings.set(NS.section, key, value, f"environment {NS.env}")
+    for s in SETTINGS:
+        if s.env is not None and s.env in environ:
+            value = _value(s.env, "the environment", environ[s.env], s.parse)
+            settings = settings.set(s.section, s.key, value, f"environment {s.env}")
     return settings
+
+
+def save_settings(settings: Settings, path: str | os.PathLike[str]) -> None:
+    """Write ``settings`` to ``path`` as a config file that :func:`load_settings`
+    reads back to the same values (file names made absolute), readable and
+    writable by this user only (mode 0600), replacing any file there at once."""
+    text = settings.describe(absolute_paths=True) + "\n"
+    partial = f"{os.fspath(path)}.partial"
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(partial)
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as file:
+        os.fchmod(file.fileno(), 0o600)
+        file.write(text)
+    os.replace(partial, path)
 
 
 def _read_file(path: Path, settings: Settings) -> Settings:
@@ -189,131 +311,47 @@ def _read_file(path: Path, settings: Settings) -> Settings:
     except (OSError, UnicodeDecodeError, configparser.Error) as exc:
         raise ConfigError(f"cannot read config file {path}: {exc}") from None
     where = str(path)
-    changes: dict[str, Any] = {"source": where}
-    nodes = []
-    for section in parser.sections():
-        items = dict(parser.items(section))
-        if section == "nameserver":
-            _known(items, {"host", "port"}, section, where)
-            if "host" in items:
-                changes["ns_host"] = _value(
-                    "host", f"[{section}] of {where}", items["host"], _host
+    origin = f"file {where}"
+    settings = dataclasses.replace(settings, source=where)
+    nodes: list[NodeSettings] = []
+    node_origins: dict[str, str] = {}
+    for title in parser.sections():
+        kind = "node" if title.startswith("node ") or title == "node" else title
+        if kind not in {sec.name for sec in SECTIONS}:
+            known = ", ".join(sec.title for sec in SECTIONS)
+            known = " or ".join(known.rsplit(", ", 1))
+            raise ConfigError(f"unknown section [{title}] in {where}: use {known}")
+        at = f"[{title}] of {where}"
+        declared = {s.key: s for s in settings_of(kind)}
+        items = dict(parser.items(title))
+        for key in items:
+            if key not in declared:
+                raise ConfigError(
+                    f"unknown key {key!r} in [{title}] of {where}: known keys are "
+                    f"{', '.join(sorted(declared))}"
                 )
-            if "port" in items:
-                changes["ns_port"] = _value(
-                    "port", f"[{section}] of {where}", items["port"], parse_port
-                )
-        elif section == "cluster":
-            _known(items, {"table", "timeout", "hop_limit"}, section, where)
-            at = f"[{section}] of {where}"
-            if "table" in items:
-                changes["table"] = _value(
-                    "table", at, items["table"], RoutingTable.parse
-                )
-            if "timeout" in items:
-                changes["timeout"] = _value("timeout", at, items["timeout"], _seconds)
-            if "hop_limit" in items:
-                changes["hop_limit"] = _value(
-                    "hop_limit", at, items["hop_limit"], _positive
-                )
-        elif section == "tls":
-            _known(items, {"cert", "key", "ca"}, section, where)
-            base = path.parent
-            for key in ("cert", "key", "ca"):
-                if items.get(key, "").strip():
-                    # relative to the config file, so one file works from anywhere
-                    changes[f"tls_{key}"] = str(base / items[key].strip())
-        elif section.startswith("node ") or section == "node":
-            nodes.append(_node(section, items, where))
+        values = {
+            key: _value(key, at, raw, declared[key].parse) for key, raw in items.items()
+        }
+        for key, value in values.items():
+            if declared[key].path and value is not None:
+                # relative to the config file, so one file works from anywhere
+                values[key] = str(path.parent / value)
+        if kind == "node":
+            name = _value("section name", at, title[len("node") :], check_node_name)
+            nodes.append(NodeSettings(name, **values))
+            node_origins.update({f"[node {name}] {key}": origin for key in values})
         else:
-            raise ConfigError(
-                f"unknown section [{section}] in {where}: use [nameserver], [cluster], "
-                "[tls] or [node NAME]"
-            )
+            for key, value in values.items():
+                settings = settings.set(kind, key, value, origin)
     if nodes:  # a file without [node NAME] sections keeps the default nodes
-        changes["nodes"] = tuple(nodes)
-    return settings.replace(**changes)
+        origins = {**settings.origins, **node_origins}
+        settings = dataclasses.replace(settings, nodes=tuple(nodes), origins=origins)
+    return settings
 
 
-def _node(section: str, items: dict[str, str], where: str) -> NodeSettings:
-    at = f"[{section}] of {where}"
-    name = _value("section name", at, section[len("node") :].strip(), check_node_name)
-    _known(
-        items,
-        {
-            "host",
-            "port",
-            "listen",
-            "table",
-            "allow",
-            "max_line",
-            "idle_timeout",
-            "workers",
-        },
-        section,
-        where,
-    )
-    fields: dict[str, Any] = {"name": name}
-    if "host" in items:
-        fields["host"] = _value("host", at, items["host"], _host)
-    if "port" in items:
-        fields["port"] = _value("port", at, items["port"], parse_port)
-    if items.get("listen", "").strip():
-        fields["listen"] = _value("listen", at, items["listen"], _address)
-    if items.get("table", "").strip():
-        fields["table"] = _value("table", at, items["table"], RoutingTable.parse)
-    if "max_line" in items:
-        fields["max_line"] = _value("max_line", at, items["max_line"], _positive)
-    if "idle_timeout" in items:
-        fields["idle_timeout"] = _value(
-            "idle_timeout", at, items["idle_timeout"], _seconds
-        )
-    if "workers" in items:
-        fields["workers"] = _value("workers", at, items["workers"], _positive)
-    if "allow" in items:
-        modules = [m.strip() for m in items["allow"].split(",") if m.strip()]
-        fields["allow"] = tuple(
-            _value("allow", at, m, check_module_name)
-            for m in [*DEFAULT_ALLOW, *modules]
-        )
-    return NodeSettings(**fields)
-
-
-def _known(items: dict[str, str], known: set[str], section: str, where: str) -> None:
-    for key in items:
-        if key not in known:
-            raise ConfigError(
-                f"unknown key {key!r} in [{section}] of {where}: known keys are "
-                f"{', '.join(sorted(known))}"
-            )
-
-
-def _value(key: str, where: str, raw: str, convert: Any) -> Any:
+def _value(key: str, where: str, raw: str, convert: Callable[[str], Any]) -> Any:
     try:
         return convert(raw.strip())
     except (PyroKVError, ValueError) as exc:
         raise ConfigError(f"bad value for {key} in {where}: {exc}") from None
-
-
-def _host(raw: str) -> str:
-    if not raw or any(c.isspace() for c in raw):
-        raise ValueError(f"{raw!r} is not a host name or address")
-    return raw
-
-
-def _positive(raw: str) -> int:
-    value = int(raw)
-    if value < 1:
-        raise ValueError(f"{value} is not a positive whole number")
-    return value
-
-
-def _seconds(raw: str) -> float:
-    value = float(raw)
-    if not value > 0 or value == float("inf"):
-        raise ValueError(f"{raw!r} is not a positive number of seconds")
-    return value
-
-
-def _address(raw: str) -> tuple[str, int]:
-    return parse_address(raw)

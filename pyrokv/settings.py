@@ -1,0 +1,441 @@
+"""Every setting, declared once: the table that drives the config file, the
+environment, the command-line flags, ``pyrokv config`` and the options a node runs with.
+
+A :class:`Setting` names its section and key in the config file, how its text is
+read (``parse``) and written back (``show``), its default (from
+:mod:`pyrokv.defaults`), and optionally its flag, the commands that take that flag,
+and its ``PYROKV_*`` variable. :mod:`pyrokv.config` reads files and the environment
+by this table, :mod:`pyrokv.cli` builds its flags from it, and
+:meth:`pyrokv.config.Settings.node_options` turns it into ``start_node`` keywords.
+Adding a node option is one :class:`Setting` here plus its use in ``start_node``.
+
+A ``parse`` function raises ``ValueError`` (or a :class:`PyroKVError`) saying what is
+wrong with the text; the caller adds which key, variable or flag it came from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .defaults import (
+    DEFAULT_ALLOW,
+    DEFAULT_CONFIG,
+    DEFAULT_HOP_LIMIT,
+    DEFAULT_HOST,
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_LINE,
+    DEFAULT_NS,
+    DEFAULT_PORT,
+    DEFAULT_TABLE,
+    DEFAULT_TIMEOUT,
+    DEFAULT_WORKERS,
+)
+from .naming import parse_address, parse_port
+from .runner import check_module_name
+from .table import RoutingTable
+
+__all__ = [
+    "CONFIG_ENV",
+    "CONFIG_FLAG",
+    "CONFIG_HELP",
+    "NS",
+    "PYRO5_COMMANDS",
+    "SECTIONS",
+    "SETTINGS",
+    "Section",
+    "Setting",
+    "Shorthand",
+    "flag_help",
+    "known_environment",
+    "section",
+    "settings_of",
+]
+
+#: The settings file: ``--config FILE`` on every command, else ``$PYROKV_CONFIG``,
+#: else ./nameserver.conf when it exists.
+CONFIG_FLAG = "--config"
+CONFIG_ENV = "PYROKV_CONFIG"
+CONFIG_HELP = (
+    f"settings file (default: ${CONFIG_ENV}, else ./{DEFAULT_CONFIG} when present)"
+)
+
+#: The commands that talk Pyro5, and so take the TLS flags.
+PYRO5_COMMANDS = ("nameserver", "node", "call", "up", "status", "config")
+
+
+@dataclass(frozen=True)
+class Section:
+    """A section of the config file; ``node`` stands for every ``[node NAME]``."""
+
+    name: str
+    #: Prefix of its settings' attribute names on Settings (``ns_port``, ``tls_ca``).
+    prefix: str = ""
+    #: All of its settings or none: one flag of it replaces the whole section, and
+    #: ``pyrokv config`` prints every key once any is set.
+    together: bool = False
+    #: Title of its group in ``--help`` (none: its flags go with the others).
+    help: str = ""
+
+    @property
+    def title(self) -> str:
+        """How the section is written in the file: ``[cluster]``, ``[node NAME]``."""
+        return "[node NAME]" if self.name == "node" else f"[{self.name}]"
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting: where it lives in the config file, how it is read and shown,
+    its default, and the flag and environment variable that override it."""
+
+    section: str
+    key: str
+    #: text -> value; ValueError (or a PyroKVError) saying what is wrong
+    parse: Callable[[str], Any]
+    default: Any
+    #: What it is, for ``--help`` (the default is added from ``default``).
+    help: str
+    #: value -> text that ``parse`` reads back (for ``pyrokv config`` and the file
+    #: that ``pyrokv up`` hands its children); None is never shown.
+    show: Callable[[Any], str] = str
+    flag: str | None = None
+    #: The commands that take ``flag``.
+    commands: tuple[str, ...] = ()
+    env: str | None = None
+    metavar: str | None = None
+    #: How ``--help`` calls a default of None ("off").
+    unset: str = "none"
+    #: A file name: relative to the config file it is in.
+    path: bool = False
+    #: The flag repeats, and each one adds to the configured value (``--allow``).
+    adds: bool = False
+    #: A ``[node NAME]`` value that only ``pyrokv up`` serves (``listen``): a node
+    #: started by hand takes its flag, else the default.
+    up_only: bool = False
+    #: Passed to :func:`pyrokv.start_node` as the keyword named ``key``.
+    start_node: bool = False
+    #: A value of None means this ``[cluster]`` key's value (a node's own table).
+    fallback: str | None = None
+
+    @property
+    def dest(self) -> str:
+        """Its attribute on the parsed command line: ``node.max_line``."""
+        return f"{self.section}.{self.key}"
+
+    def shown_default(self) -> str:
+        """The default as ``--help`` and docs/cli.md give it."""
+        return self.unset if self.default is None else self.show(self.default)
+
+
+@dataclass(frozen=True)
+class Shorthand:
+    """A flag and a variable that set several settings of one section at once
+    (``--ns HOST:PORT`` is ``[nameserver] host`` and ``port``)."""
+
+    section: str
+    keys: tuple[str, ...]
+    #: (text, how the user wrote it) -> one value per key
+    parse: Callable[[str, str], tuple[Any, ...]]
+    flag: str
+    env: str
+    commands: tuple[str, ...]
+    help: str
+    metavar: str
+    dest: str
+
+
+# -- how values are read and written ------------------------------------------------
+
+
+def _host(text: str) -> str:
+    if not text or any(c.isspace() for c in text):
+        raise ValueError(f"{text!r} is not a host name or address")
+    return text
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError(f"{value} is not a positive whole number")
+    return value
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value > 0 or value == float("inf"):
+        raise ValueError(f"{text!r} is not a positive number of seconds")
+    return value
+
+
+def _show_seconds(value: float) -> str:
+    text = f"{value:g}"
+    return text if float(text) == value else repr(value)
+
+
+def _table(text: str) -> RoutingTable:
+    return RoutingTable.parse(text)
+
+
+def _table_or_none(text: str) -> RoutingTable | None:
+    return RoutingTable.parse(text) if text else None
+
+
+def _show_table(table: RoutingTable) -> str:
+    return table.spec()
+
+
+def _address_or_none(text: str) -> tuple[str, int] | None:
+    return parse_address(text) if text else None
+
+
+def _show_address(address: tuple[str, int]) -> str:
+    return f"{address[0]}:{address[1]}"
+
+
+def _allow(text: str) -> tuple[str, ...]:
+    modules = [check_module_name(m.strip()) for m in text.split(",") if m.strip()]
+    return tuple(dict.fromkeys([*DEFAULT_ALLOW, *modules]))
+
+
+def _show_allow(modules: tuple[str, ...]) -> str:
+    return ", ".join(modules)
+
+
+def _file_or_none(text: str) -> str | None:
+    return text or None
+
+
+# -- the table ----------------------------------------------------------------------
+
+SECTIONS = (
+    Section("nameserver", prefix="ns_"),
+    Section("cluster"),
+    Section(
+        "tls",
+        prefix="tls_",
+        together=True,
+        help="mutual TLS (all three, or none; default: the config's [tls] section)",
+    ),
+    Section("node"),
+)
+
+
+def _tls_file(key: str, what: str) -> Setting:
+    """A [tls] file: ``--tls-KEY FILE`` on every command that talks Pyro5."""
+    return Setting(
+        "tls",
+        key,
+        _file_or_none,
+        None,
+        what,
+        flag=f"--tls-{key}",
+        commands=PYRO5_COMMANDS,
+        metavar="FILE",
+        unset="off",
+        path=True,
+    )
+
+
+SETTINGS = (
+    Setting(
+        "nameserver",
+        "host",
+        _host,
+        DEFAULT_NS[0],
+        "address the name server binds; every node and client looks for it there",
+        flag="--host",
+        commands=("nameserver",),
+    ),
+    Setting(
+        "nameserver",
+        "port",
+        parse_port,
+        DEFAULT_NS[1],
+        "its port; 0 = any free port",
+        flag="--port",
+        commands=("nameserver",),
+    ),
+    Setting(
+        "cluster",
+        "table",
+        _table,
+        RoutingTable.parse(DEFAULT_TABLE),
+        "every node's routing table unless its own [node NAME] table says otherwise",
+        show=_show_table,
+        env="PYROKV_TABLE",
+    ),
+    Setting(
+        "cluster",
+        "timeout",
+        _seconds,
+        DEFAULT_TIMEOUT,
+        "longest a routed request may take, in seconds",
+        show=_show_seconds,
+        flag="--timeout",
+        commands=("node", "call"),
+        env="PYROKV_TIMEOUT",
+        metavar="SECONDS",
+        start_node=True,
+    ),
+    Setting(
+        "cluster",
+        "hop_limit",
+        _positive,
+        DEFAULT_HOP_LIMIT,
+        "how often a request may be forwarded before it is a RoutingLoopError",
+        start_node=True,
+    ),
+    _tls_file("cert", "this process's certificate (PEM)"),
+    _tls_file("key", "its private key (PEM, unencrypted)"),
+    _tls_file("ca", "the CA that signs every peer (PEM)"),
+    Setting(
+        "node",
+        "host",
+        _host,
+        DEFAULT_HOST,
+        "address the node's Pyro5 daemon binds; other nodes dial it there",
+        flag="--host",
+        commands=("node",),
+        start_node=True,
+    ),
+    Setting(
+        "node",
+        "port",
+        parse_port,
+        DEFAULT_PORT,
+        "its port; 0 = any free port, which the name server tells the others",
+        flag="--port",
+        commands=("node",),
+        start_node=True,
+    ),
+    Setting(
+        "node",
+        "listen",
+        _address_or_none,
+        None,
+        "also serve the text protocol here; port 0 = any free port "
+        "([node NAME] listen is for 'pyrokv up' only)",
+        show=_show_address,
+        flag="--listen",
+        commands=("node",),
+        metavar="HOST:PORT",
+        unset="off",
+        up_only=True,
+        start_node=True,
+    ),
+    Setting(
+        "node",
+        "table",
+        _table_or_none,
+        None,
+        "this node's routing table, e.g. 'a..m=foo, n..z=bar'",
+        show=_show_table,
+        flag="--table",
+        commands=("node",),
+        metavar="SPEC",
+        unset="the [cluster] table",
+        start_node=True,
+        fallback="table",
+    ),
+    Setting(
+        "node",
+        "allow",
+        _allow,
+        DEFAULT_ALLOW,
+        "also run tasks from MODULE",
+        show=_show_allow,
+        flag="--allow",
+        commands=("node",),
+        metavar="MODULE",
+        adds=True,
+        start_node=True,
+    ),
+    Setting(
+        "node",
+        "max_line",
+        _positive,
+        DEFAULT_MAX_LINE,
+        "longest request line of the text protocol, in bytes",
+        flag="--max-line",
+        commands=("node",),
+        metavar="BYTES",
+        start_node=True,
+    ),
+    Setting(
+        "node",
+        "idle_timeout",
+        _seconds,
+        DEFAULT_IDLE_TIMEOUT,
+        "close text connections idle this long, in seconds",
+        show=_show_seconds,
+        flag="--idle-timeout",
+        commands=("node",),
+        metavar="SECONDS",
+        start_node=True,
+    ),
+    Setting(
+        "node",
+        "workers",
+        _positive,
+        DEFAULT_WORKERS,
+        "Pyro5 worker threads; each connection into the node holds one",
+        flag="--workers",
+        commands=("node",),
+        metavar="N",
+        start_node=True,
+    ),
+)
+
+#: ``--ns HOST:PORT`` and ``PYROKV_NS``: [nameserver] host and port in one.
+NS = Shorthand(
+    section="nameserver",
+    keys=("host", "port"),
+    parse=parse_address,
+    flag="--ns",
+    env="PYROKV_NS",
+    commands=("node", "call", "status", "config"),
+    help="the name server",
+    metavar="HOST:PORT",
+    dest="ns",
+)
+
+
+def section(name: str) -> Section:
+    """The section called ``name`` (``node`` for every ``[node NAME]``)."""
+    for candidate in SECTIONS:
+        if candidate.name == name:
+            return candidate
+    raise LookupError(f"no section {name!r}")
+
+
+def settings_of(section_name: str) -> tuple[Setting, ...]:
+    """The settings of one section, in the order the file and ``--help`` list them."""
+    return tuple(s for s in SETTINGS if s.section == section_name)
+
+
+def known_environment() -> tuple[str, ...]:
+    """Every ``PYROKV_*`` variable pyrokv reads, sorted."""
+    names = {CONFIG_ENV, NS.env, *(s.env for s in SETTINGS if s.env)}
+    return tuple(sorted(names))
+
+
+def flag_help(setting: Setting | Shorthand) -> str:
+    """A flag's ``--help``: what it sets, then where the value comes from without it."""
+    if isinstance(setting, Shorthand):
+        keys = " and ".join(setting.keys)
+        defaults = {s.key: s for s in settings_of(setting.section)}
+        shown = ":".join(defaults[key].shown_default() for key in setting.keys)
+        chain = [f"${setting.env}", f"{section(setting.section).title} {keys}", shown]
+        return f"{setting.help} (default: {', else '.join(chain)})"
+    at = f"{section(setting.section).title} {setting.key}"
+    if setting.adds:
+        return (
+            f"{setting.help} (repeatable; adds to {at}; "
+            f"{setting.shown_default()} always)"
+        )
+    chain = [f"${setting.env}"] if setting.env else []
+    if not setting.up_only:
+        chain.append(at)
+    chain.append(setting.shown_default())
+    return f"{setting.help} (default: {', else '.join(chain)})"
