@@ -31,8 +31,8 @@ class Child:
 
     ``pyrokv=False`` runs ``args`` as a command of its own; ``prefix`` goes before
     either (``["ip", "netns", "exec", NS]`` runs it in a network namespace).
-    Children get this environment without ``PYROKV_*`` (they take flags only), plus
-    ``env``. With ``stdin=True`` :meth:`send` writes lines to the child's input.
+    Children get this environment without ``PYROKV_*`` (they take their settings from
+    flags and the config file they are given only), plus ``env``. With ``stdin=True`` :meth:`send` writes lines to the child's input.
     """
 
     def __init__(
@@ -156,25 +156,23 @@ class Child:
 
 
 def spawn_nameserver(
-    host: str = "127.0.0.1",
-    port: int = 0,
+    host: str | None = "127.0.0.1",
+    port: int | None = 0,
     timeout: float = START_TIMEOUT,
     extra: Sequence[str] = (),
+    *,
+    config: str = os.devnull,
 ) -> tuple[Child, tuple[str, int]]:
-    """Start ``pyrokv nameserver``; return it and its real (host, port)."""
-    child = Child(
-        [
-            "nameserver",
-            "--config",
-            os.devnull,
-            "--host",
-            host,
-            "--port",
-            str(port),
-            *extra,
-        ],
-        "name server",
-    )
+    """Start ``pyrokv nameserver``; return it and its real (host, port).
+
+    It reads ``config``; ``host`` or ``port`` None leaves that one to the config.
+    """
+    args = ["nameserver", "--config", config]
+    if host is not None:
+        args += ["--host", host]
+    if port is not None:
+        args += ["--port", str(port)]
+    child = Child([*args, *extra], "name server")
     try:
         line = child.wait_for("READY ", timeout)
     except BaseException:
@@ -185,15 +183,20 @@ def spawn_nameserver(
 
 def spawn_node(
     name: str,
-    ns: tuple[str, int],
+    ns: tuple[str, int] | None,
     table: str | None = None,
     *,
     extra: Sequence[str] = (),
     config: str = os.devnull,
     timeout: float = START_TIMEOUT,
 ) -> Child:
-    """Start ``pyrokv node NAME`` and wait until it has registered."""
-    args = ["node", name, "--config", config, "--ns", f"{ns[0]}:{ns[1]}"]
+    """Start ``pyrokv node NAME`` and wait until it has registered.
+
+    It reads ``config``; ``ns`` None leaves the name server to the config.
+    """
+    args = ["node", name, "--config", config]
+    if ns is not None:
+        args += ["--ns", f"{ns[0]}:{ns[1]}"]
     if table is not None:
         args += ["--table", table]
     child = Child([*args, *extra], f"node {name}")

@@ -2,54 +2,23 @@
 
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
 import time
 from typing import TextIO
 
 from .client import Client
 from .cluster import Child, ChildError, LocalCluster, spawn_nameserver, spawn_node
-from .config import NodeSettings, Settings
+from .config import Settings, save_settings
 from .errors import PyroKVError
+from .flags import UP_CHILD
 from .naming import parse_address
 from .signals import StopSignals
 from .table import RoutingTable
 from .testing import Conn
 
 __all__ = ["run_demo", "run_up"]
-
-
-def _node_args(node: NodeSettings, settings: Settings) -> list[str]:
-    table = settings.table if node.table is None else node.table
-    args = [
-        "--host",
-        node.host,
-        "--port",
-        str(node.port),
-        "--table",
-        table.spec(),
-        "--timeout",
-        f"{settings.timeout:g}",
-        "--max-line",
-        str(node.max_line),
-        "--idle-timeout",
-        f"{node.idle_timeout:g}",
-        "--workers",
-        str(node.workers),
-    ]
-    for module in node.allow:
-        args += ["--allow", module]
-    if node.listen is not None:
-        args += ["--listen", f"{node.listen[0]}:{node.listen[1]}"]
-    return args + _tls_args(settings)
-
-
-def _tls_args(settings: Settings) -> list[str]:
-    args = []
-    for key in ("cert", "key", "ca"):
-        value = getattr(settings, f"tls_{key}")
-        if value:
-            args += [f"--tls-{key}", value]
-    return args
 
 
 def _listen_address(child: Child) -> str | None:
@@ -68,48 +37,77 @@ def _child_failure(child: Child | None) -> str:
     return child.output()
 
 
+#: The config file ``pyrokv up`` writes for its children, in its private directory.
+CHILD_CONFIG = "cluster.conf"
+
+
 def run_up(settings: Settings, out: TextIO = sys.stdout) -> int:
-    """Start the name server and every configured node; stop them all on a signal."""
+    """Start the name server and every configured node; stop them all on a signal.
+
+    The children take their settings from a config file that ``up`` writes for them
+    (:func:`_start`), in a private directory removed when ``up`` exits.
+    """
     if not settings.nodes:
         raise PyroKVError(
             f"no [node NAME] sections in {settings.source}: nothing to start"
         )
     children: list[Child] = []
-    with StopSignals() as signals:
+    with (
+        StopSignals() as signals,
+        tempfile.TemporaryDirectory(prefix="pyrokv-up-") as private,
+    ):
         try:
-            try:
-                ns_child, ns = spawn_nameserver(
-                    settings.ns_host, settings.ns_port, extra=_tls_args(settings)
-                )
-            except ChildError as exc:
-                raise PyroKVError(
-                    f"the name server did not start: {_child_failure(exc.child)}"
-                ) from None
-            children.append(ns_child)
-            rows = []
-            for node in settings.nodes:
-                try:
-                    child = spawn_node(node.name, ns, extra=_node_args(node, settings))
-                except ChildError as exc:
-                    raise PyroKVError(
-                        f"node {node.name!r} did not start: {_child_failure(exc.child)}"
-                    ) from None
-                children.append(child)
-                table = settings.table if node.table is None else node.table
-                rows.append((node.name, table, _listen_address(child), child))
+            ns, rows = _start(settings, os.path.join(private, CHILD_CONFIG), children)
             _print_up(out, settings, ns, rows)
             while not signals.wait(0.5):
                 for child in children:
                     if not child.alive():
                         raise PyroKVError(
-                            f"{child.name} stopped unexpectedly: {_child_failure(child)}; "
-                            "stopping the cluster"
+                            f"{child.name} stopped unexpectedly: "
+                            f"{_child_failure(child)}; stopping the cluster"
                         )
             print("stopping the cluster ...", file=out, flush=True)
             return 0
         finally:
             for child in reversed(children):
                 child.stop()
+
+
+def _start(
+    settings: Settings, config: str, children: list[Child]
+) -> tuple[tuple[str, int], list[tuple[str, RoutingTable, str | None, Child]]]:
+    """Start the name server, then each node, appending each to ``children``.
+
+    ``config`` gets the settings as resolved here (file, environment, flags; file
+    names made absolute; mode 0600) and the name server starts as ``pyrokv
+    nameserver --config CONFIG``. Once it runs, ``config`` is written again with its
+    real address, and each node starts as ``pyrokv node NAME --config CONFIG
+    --up-child``: the whole [node NAME] section, listen included, and nothing
+    rebuilt as flags.
+    """
+    save_settings(settings, config)
+    try:
+        ns_child, ns = spawn_nameserver(None, None, config=config)
+    except ChildError as exc:
+        raise PyroKVError(
+            f"the name server did not start: {_child_failure(exc.child)}"
+        ) from None
+    children.append(ns_child)
+    started = "the name server pyrokv up started"
+    settings = settings.set("nameserver", "host", ns[0], started)
+    save_settings(settings.set("nameserver", "port", ns[1], started), config)
+    rows = []
+    for node in settings.nodes:
+        try:
+            child = spawn_node(node.name, None, config=config, extra=[UP_CHILD])
+        except ChildError as exc:
+            raise PyroKVError(
+                f"node {node.name!r} did not start: {_child_failure(exc.child)}"
+            ) from None
+        children.append(child)
+        table = settings.table if node.table is None else node.table
+        rows.append((node.name, table, _listen_address(child), child))
+    return ns, rows
 
 
 def _print_up(

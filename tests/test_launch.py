@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -12,7 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from pyrokv import RoutingLoopError
 from pyrokv.client import Client
+from pyrokv.cluster import spawn_node
+from pyrokv.config import load_settings
 from pyrokv.testing import Conn
 
 pytestmark = pytest.mark.distributed
@@ -131,6 +135,95 @@ def test_up_starts_the_cluster_and_ctrl_c_stops_every_child(
             proc.wait()
         assert proc.stdout is not None
         proc.stdout.close()
+
+
+def pyrokv_args(pid: int) -> list[str]:
+    """A child's command line after ``python -u -m pyrokv``."""
+    args = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")[:-1]
+    return args[args.index("pyrokv") + 1 :]
+
+
+def test_up_hands_its_children_the_config(tmp_path: Path) -> None:
+    """pyrokv up starts each child with --config of a private 0600 file holding the
+    resolved settings (the real name-server port; hop_limit, tables, allow, max_line
+    all reach the nodes), no per-setting flags, and removes it on exit."""
+    conf = tmp_path / "c.conf"
+    conf.write_text(
+        "[nameserver]\nport = 0\n[cluster]\nhop_limit = 1\n"
+        "[node foo]\nlisten = 127.0.0.1:0\ntable = a..z=bar\nmax_line = 64\n"
+        "[node bar]\ntable = a..z=baz\n"
+        "[node baz]\ntable = a..z=baz\nallow = json\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-u", "-m", "pyrokv", "up", "--config", str(conf)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=tmp_path,
+    )
+    try:
+        lines = read_until(proc, "Ctrl-C stops")
+        host, port = next(x for x in lines if "name server" in x).split()[-1].split(":")
+        ns = (host, int(port))
+        listen = (
+            next(x for x in lines if "node foo" in x).split(" on ")[1].split(";")[0]
+        )
+        kids = children_of(proc.pid)
+        commands = sorted(pyrokv_args(pid) for pid in kids)
+        handed = Path(commands[0][-1])
+        assert commands == [
+            ["nameserver", "--config", str(handed)],
+            *(
+                ["node", name, "--config", str(handed), "--up-child"]
+                for name in ("bar", "baz", "foo")
+            ),
+        ]
+        assert stat.S_IMODE(handed.stat().st_mode) == 0o600
+        assert stat.S_IMODE(handed.parent.stat().st_mode) == 0o700
+        assert load_settings(handed, {}).ns == ns
+        with Client(ns, via="baz") as kv:  # baz's allow
+            assert kv.route("x", "json.dumps", [[1]]) == "[1]"
+        with Client(ns, via="bar") as kv:  # bar's table
+            assert kv.route("x", "pyrokv.tasks.node_name") == "baz"
+        # foo -> bar -> baz is two hops; the limit is 1
+        with (
+            Client(ns, via="foo") as kv,
+            pytest.raises(RoutingLoopError, match="hop limit of 1"),
+        ):
+            kv.route("x", "pyrokv.tasks.node_name")
+        with Conn(listen) as c:  # foo's max_line
+            assert c.ask("PUT " + "k" * 80) == b"ERROR line too long"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+        assert gone(kids)
+        assert not handed.parent.exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        assert proc.stdout is not None
+        proc.stdout.close()
+
+
+def test_a_node_by_hand_takes_no_text_port_from_the_file(
+    tmp_path: Path, ns: tuple[str, int], unique: str
+) -> None:
+    """pyrokv node NAME ignores [node NAME] listen; with up's --up-child it serves it."""
+    name = f"hand{unique}"
+    conf = tmp_path / "c.conf"
+    conf.write_text(f"[node {name}]\nlisten = 127.0.0.1:0\nmax_line = 64\n")
+    by_hand = spawn_node(name, ns, f"a..z={name}", config=str(conf))
+    try:
+        assert not any(line.startswith("LISTEN ") for line in by_hand.lines)
+    finally:
+        assert by_hand.stop() == 0
+    child = spawn_node(name, ns, f"a..z={name}", config=str(conf), extra=["--up-child"])
+    try:
+        listen = next(x for x in child.lines if x.startswith(f"LISTEN {name} "))
+        with Conn(listen.split()[2]) as c:
+            assert c.ask("PUT " + "k" * 80) == b"ERROR line too long"
+    finally:
+        assert child.stop() == 0
 
 
 def test_up_with_a_port_in_use_says_so_and_leaves_nothing(tmp_path: Path) -> None:
