@@ -16,6 +16,7 @@ import Pyro5.errors
 from Pyro5.api import URI, Proxy
 
 from . import naming
+from .defaults import DEFAULT_NS
 from .errors import NameServerUnavailableError, NodeUnavailableError
 from .protocol import VERBS
 from .router import DEFAULT_TIMEOUT, Router
@@ -72,7 +73,7 @@ class Client:
 
     def __init__(
         self,
-        ns: tuple[str, int] = ("127.0.0.1", 9090),
+        ns: tuple[str, int] = DEFAULT_NS,
         *,
         via: str | None = None,
         timeout: float = DEFAULT_TIMEOUT,

@@ -22,6 +22,7 @@ import Pyro5.api
 from Pyro5 import socketutil
 from Pyro5.svr_threads import ClientConnectionJob, PoolError, SocketServer_Threadpool
 
+from .defaults import DEFAULT_NS
 from .errors import ConfigError
 from .tls import TLSSettings
 
@@ -95,8 +96,8 @@ def make_daemon(
 
 
 def make_nameserver(
-    host: str = "127.0.0.1",
-    port: int = 9090,
+    host: str = DEFAULT_NS[0],
+    port: int = DEFAULT_NS[1],
     tls: TLSSettings | None = None,
     *,
     handshake_timeout: float = HANDSHAKE_TIMEOUT,

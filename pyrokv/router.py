@@ -15,6 +15,7 @@ import types
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from .defaults import DEFAULT_NS
 from .directory import Directory
 from .errors import TaskNotAllowedError
 from .proxies import ProxyPool
@@ -66,7 +67,7 @@ class Router:
         node: str | None = None,
         *,
         local: LocalRunner | None = None,
-        ns: tuple[str, int] = ("127.0.0.1", 9090),
+        ns: tuple[str, int] = DEFAULT_NS,
         timeout: float = DEFAULT_TIMEOUT,
         hop_limit: int = DEFAULT_HOP_LIMIT,
     ) -> None:
