@@ -163,7 +163,7 @@ class Settings:
         name = section_name[len("node ") :]
         node = self.node(name).replace(**{key: value})
         nodes = [node if n.name == name else n for n in self.nodes]
-        if node not in nodes:
+        if all(n.name != name for n in self.nodes):  # a node the file does not name
             nodes.append(node)
         return dataclasses.replace(self, nodes=tuple(nodes), origins=origins)
 

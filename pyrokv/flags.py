@@ -26,7 +26,6 @@ from .settings import (
     SETTINGS,
     Setting,
     Shorthand,
-    flag_help,
     section,
     settings_of,
 )
@@ -53,6 +52,27 @@ def _parse(
         raise  # a bad table or module name: its own error (exit 1), as it always was
     except ValueError as exc:
         parser.error(f"argument {flag}: {exc}")
+
+
+def _help(setting: Setting | Shorthand) -> str:
+    """A flag's ``--help``: what it sets, then where the value comes from without it."""
+    if isinstance(setting, Shorthand):
+        keys = " and ".join(setting.keys)
+        defaults = {s.key: s for s in settings_of(setting.section)}
+        shown = ":".join(defaults[key].shown_default() for key in setting.keys)
+        chain = [f"${setting.env}", f"{section(setting.section).title} {keys}", shown]
+        return f"{setting.help} (default: {', else '.join(chain)})"
+    at = f"{section(setting.section).title} {setting.key}"
+    if setting.adds:
+        return (
+            f"{setting.help} (repeatable; adds to {at}; "
+            f"{setting.shown_default()} always)"
+        )
+    chain = [f"${setting.env}"] if setting.env else []
+    if not setting.up_only:
+        chain.append(at)
+    chain.append(setting.shown_default())
+    return f"{setting.help} (default: {', else '.join(chain)})"
 
 
 class _SettingFlag(argparse.Action):
@@ -102,7 +122,7 @@ def add_setting_flags(parser: argparse.ArgumentParser, command: str) -> None:
             dest=NS.dest,
             action=_ShorthandFlag,
             shorthand=NS,
-            help=flag_help(NS),
+            help=_help(NS),
         )
     groups: dict[str, Any] = {}
     for s in SETTINGS:
@@ -120,7 +140,7 @@ def add_setting_flags(parser: argparse.ArgumentParser, command: str) -> None:
             dest=s.dest,
             action=_SettingFlag,
             setting=s,
-            help=flag_help(s),
+            help=_help(s),
         )
     if any(s.up_only and command in s.commands for s in SETTINGS):
         parser.add_argument(UP_CHILD, action="store_true", help=argparse.SUPPRESS)
@@ -137,8 +157,8 @@ def settings_for(
     :meth:`Settings.for_node_by_hand`).
     """
     settings = load_settings(args.config, environ)
-    name = getattr(args, "name", None)
-    if getattr(args, "up_child", True) is False:
+    name = getattr(args, "name", None)  # pyrokv node NAME
+    if hasattr(args, "up_child") and not args.up_child:
         settings = settings.for_node_by_hand(args.name)
     given = getattr(args, NS.dest, None)
     if given is not None:

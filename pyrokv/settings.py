@@ -5,7 +5,7 @@ A :class:`Setting` names its section and key in the config file, how its text is
 read (``parse``) and written back (``show``), its default (from
 :mod:`pyrokv.defaults`), and optionally its flag, the commands that take that flag,
 and its ``PYROKV_*`` variable. :mod:`pyrokv.config` reads files and the environment
-by this table, :mod:`pyrokv.cli` builds its flags from it, and
+by this table, :mod:`pyrokv.flags` builds each command's flags from it, and
 :meth:`pyrokv.config.Settings.node_options` turns it into ``start_node`` keywords.
 Adding a node option is one :class:`Setting` here plus its use in ``start_node``.
 
@@ -47,7 +47,6 @@ __all__ = [
     "Section",
     "Setting",
     "Shorthand",
-    "flag_help",
     "known_environment",
     "section",
     "settings_of",
@@ -418,24 +417,3 @@ def known_environment() -> tuple[str, ...]:
     """Every ``PYROKV_*`` variable pyrokv reads, sorted."""
     names = {CONFIG_ENV, NS.env, *(s.env for s in SETTINGS if s.env)}
     return tuple(sorted(names))
-
-
-def flag_help(setting: Setting | Shorthand) -> str:
-    """A flag's ``--help``: what it sets, then where the value comes from without it."""
-    if isinstance(setting, Shorthand):
-        keys = " and ".join(setting.keys)
-        defaults = {s.key: s for s in settings_of(setting.section)}
-        shown = ":".join(defaults[key].shown_default() for key in setting.keys)
-        chain = [f"${setting.env}", f"{section(setting.section).title} {keys}", shown]
-        return f"{setting.help} (default: {', else '.join(chain)})"
-    at = f"{section(setting.section).title} {setting.key}"
-    if setting.adds:
-        return (
-            f"{setting.help} (repeatable; adds to {at}; "
-            f"{setting.shown_default()} always)"
-        )
-    chain = [f"${setting.env}"] if setting.env else []
-    if not setting.up_only:
-        chain.append(at)
-    chain.append(setting.shown_default())
-    return f"{setting.help} (default: {', else '.join(chain)})"

@@ -264,6 +264,15 @@ def test_the_file_up_hands_down_reads_back_the_same(
     assert load_settings(handed, {}).nodes == defaults.nodes
 
 
+def test_the_shipped_config_names_every_setting() -> None:
+    """nameserver.conf mentions each declared key and PYROKV_* variable."""
+    text = (ROOT / "nameserver.conf").read_text()
+    for s in SETTINGS:
+        assert re.search(rf"\b{s.key}\b", text), s.dest
+    for name in known_environment():
+        assert name in text, name
+
+
 def test_declarations_are_consistent() -> None:
     """Every setting's section exists; flags are unique per command; only global settings have variables."""
     names = [sec.name for sec in SECTIONS]
