@@ -15,7 +15,7 @@ from typing import Any
 
 from . import __version__
 from .config import Settings
-from .errors import ConfigError, PyroKVError
+from .errors import ConfigError, ListenError, PyroKVError
 from .flags import add_setting_flags, settings_for
 
 __all__ = ["main"]
@@ -131,7 +131,7 @@ def _nameserver(args: argparse.Namespace, settings: Settings) -> int:
     try:
         uri, daemon = make_nameserver(host, port, tls)
     except OSError as exc:
-        raise PyroKVError(
+        raise ListenError(
             f"cannot start the name server on {host}:{port}: {exc.strerror or exc} "
             "(is another one running there, or a cluster of 'pyrokv up'? pick another "
             "port with --port, or as port under [nameserver] in the config file)"

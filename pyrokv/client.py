@@ -17,7 +17,7 @@ from Pyro5.api import URI, Proxy
 
 from . import naming
 from .defaults import DEFAULT_NS
-from .errors import NameServerUnavailableError, NodeUnavailableError
+from .errors import NameServerUnavailableError, NodeNotRegisteredError
 from .protocol import VERBS
 from .router import DEFAULT_TIMEOUT, Router
 from .table import RoutingTable
@@ -97,7 +97,7 @@ class Client:
             if node_status(node, uri, min(left, 2.0))["alive"]:
                 return node
         host, port = self._router.ns
-        raise NodeUnavailableError(
+        raise NodeNotRegisteredError(
             f"no live pyrokv node is registered in the name server at {host}:{port}: "
             "start one with 'pyrokv node NAME'"
         )

@@ -9,9 +9,9 @@ import time
 from typing import TextIO
 
 from .client import Client
-from .cluster import Child, ChildError, LocalCluster, spawn_nameserver, spawn_node
+from .cluster import Child, LocalCluster, spawn_nameserver, spawn_node
 from .config import Settings, save_settings
-from .errors import PyroKVError
+from .errors import ChildError, NothingToStartError, PyroKVError
 from .flags import UP_CHILD
 from .naming import parse_address
 from .signals import StopSignals
@@ -48,7 +48,7 @@ def run_up(settings: Settings, out: TextIO = sys.stdout) -> int:
     (:func:`_start`), in a private directory removed when ``up`` exits.
     """
     if not settings.nodes:
-        raise PyroKVError(
+        raise NothingToStartError(
             f"no [node NAME] sections in {settings.source}: nothing to start"
         )
     children: list[Child] = []
@@ -62,7 +62,7 @@ def run_up(settings: Settings, out: TextIO = sys.stdout) -> int:
             while not signals.wait(0.5):
                 for child in children:
                     if not child.alive():
-                        raise PyroKVError(
+                        raise ChildError(
                             f"{child.name} stopped unexpectedly: "
                             f"{_child_failure(child)}; stopping the cluster"
                         )
@@ -89,7 +89,7 @@ def _start(
     try:
         ns_child, ns = spawn_nameserver(None, None, config=config)
     except ChildError as exc:
-        raise PyroKVError(
+        raise ChildError(
             f"the name server did not start: {_child_failure(exc.child)}"
         ) from None
     children.append(ns_child)
@@ -101,7 +101,7 @@ def _start(
         try:
             child = spawn_node(node.name, None, config=config, extra=[UP_CHILD])
         except ChildError as exc:
-            raise PyroKVError(
+            raise ChildError(
                 f"node {node.name!r} did not start: {_child_failure(exc.child)}"
             ) from None
         children.append(child)
