@@ -123,8 +123,13 @@ class Router:
         not registered, unreachable or too slow), :class:`RoutingLoopError`, and
         whatever the task itself raised, with its own class.
         """
+        name = task_name(func)
+        decision = self.routing.decide(bucket)
+        if decision is HERE:  # the common case of a node's own router: no clock
+            return self.local(name, args, kwargs)  # type: ignore[misc]
+        assert isinstance(decision, Hop)
         limit = self.timeout if timeout is None else timeout
-        return self._run(bucket, task_name(func), args, kwargs, (), limit)
+        return self.send(decision, bucket, name, args, kwargs, time.monotonic() + limit)
 
     def forwarded(
         self,
@@ -139,22 +144,12 @@ class Router:
 
         The remote half of :meth:`route`, called by ``TaskRunner.route``.
         """
-        return self._run(bucket, func, args, kwargs, path, self.routing.limit(budget))
-
-    def _run(
-        self,
-        bucket: str | bytes,
-        func: str,
-        args: Sequence[Any],
-        kwargs: dict[str, Any] | None,
-        path: Sequence[str],
-        limit: float,
-    ) -> Any:
-        deadline = time.monotonic() + limit
+        limit = self.routing.limit(budget)
         decision = self.routing.decide(bucket, path)
         if decision is HERE:
             return self.local(func, args, kwargs)  # type: ignore[misc]
         assert isinstance(decision, Hop)
+        deadline = time.monotonic() + limit
         return self.send(decision, bucket, func, args, kwargs, deadline)
 
     def send(
