@@ -11,9 +11,11 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
+import secrets
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -21,7 +23,14 @@ from collections.abc import Mapping, Sequence
 from .errors import ChildError
 from .naming import parse_address
 
-__all__ = ["Child", "ChildError", "LocalCluster", "spawn_nameserver", "spawn_node"]
+__all__ = [
+    "Child",
+    "ChildError",
+    "LocalCluster",
+    "spawn_nameserver",
+    "spawn_node",
+    "write_secret",
+]
 
 START_TIMEOUT = 20.0
 
@@ -208,8 +217,19 @@ def spawn_node(
     return child
 
 
+def write_secret(path: str) -> str:
+    """Write a new random cluster secret to ``path`` (mode 0600); return ``path``."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as file:
+        file.write(secrets.token_hex(32) + "\n")
+    return path
+
+
 class LocalCluster:
     """A name server and nodes on this machine, stopped together.
+
+    Its nodes share a cluster secret made for it (``secret_file``, removed by
+    :meth:`stop`), so they open peer links to each other as ``pyrokv up``'s do.
 
     >>> with LocalCluster({"foo": "a..m=foo, n..z=bar", "bar": "a..m=foo, n..z=bar"}) as c:  # doctest: +SKIP
     ...     c.ns
@@ -226,17 +246,24 @@ class LocalCluster:
         self.nameserver: Child | None = None
         self.nodes: dict[str, Child] = {}
         self.ns: tuple[str, int] = ("127.0.0.1", 0)
+        self._private: tempfile.TemporaryDirectory[str] | None = None
+        self.secret_file: str | None = None
 
     def start(self) -> LocalCluster:
         """Start the name server, then every node (in parallel); stop all on failure."""
         try:
+            self._private = tempfile.TemporaryDirectory(prefix="pyrokv-cluster-")
+            self.secret_file = write_secret(
+                os.path.join(self._private.name, "cluster.secret")
+            )
+            secret = ["--cluster-secret-file", self.secret_file]
             self.nameserver, self.ns = spawn_nameserver()
             errors: list[BaseException] = []
 
             def one(name: str, table: str | None) -> None:
                 try:
                     self.nodes[name] = spawn_node(
-                        name, self.ns, table, extra=self.extra.get(name, ())
+                        name, self.ns, table, extra=[*secret, *self.extra.get(name, ())]
                     )
                 except BaseException as exc:
                     errors.append(exc)
@@ -263,6 +290,9 @@ class LocalCluster:
         if self.nameserver is not None:
             self.nameserver.stop()
             self.nameserver = None
+        if self._private is not None:
+            self._private.cleanup()
+            self._private = None
 
     def __enter__(self) -> LocalCluster:
         return self.start()

@@ -9,7 +9,7 @@ import time
 from typing import TextIO
 
 from .client import Client
-from .cluster import Child, LocalCluster, spawn_nameserver, spawn_node
+from .cluster import Child, LocalCluster, spawn_nameserver, spawn_node, write_secret
 from .config import Settings, save_settings
 from .errors import ChildError, NothingToStartError, PyroKVError
 from .flags import UP_CHILD
@@ -39,6 +39,8 @@ def _child_failure(child: Child | None) -> str:
 
 #: The config file ``pyrokv up`` writes for its children, in its private directory.
 CHILD_CONFIG = "cluster.conf"
+#: The cluster secret ``pyrokv up`` makes when the config names none, beside it.
+CLUSTER_SECRET = "cluster.secret"
 
 
 def run_up(settings: Settings, out: TextIO = sys.stdout) -> int:
@@ -85,6 +87,12 @@ def _start(
     --up-child``: the whole [node NAME] section, listen included, and nothing
     rebuilt as flags.
     """
+    if settings.get("cluster", "secret_file") is None:
+        # A secret per cluster, beside the config: its nodes open peer links to
+        # each other, and nothing else can speak to them as a node.
+        secret = os.path.join(os.path.dirname(config), CLUSTER_SECRET)
+        write_secret(secret)
+        settings = settings.set("cluster", "secret_file", secret, "pyrokv up")
     save_settings(settings, config)
     try:
         ns_child, ns = spawn_nameserver(None, None, config=config)

@@ -8,6 +8,7 @@ unregister, exit.
 
 from __future__ import annotations
 
+import logging
 import sys
 import threading
 from collections.abc import Iterable
@@ -17,7 +18,7 @@ import Pyro5.api
 import Pyro5.errors
 from Pyro5.api import Proxy
 
-from . import naming
+from . import naming, peering
 from .daemon import make_daemon
 from .defaults import (
     DEFAULT_ALLOW,
@@ -39,6 +40,8 @@ from .signals import STOP_SIGNALS, StopSignals
 from .table import RoutingTable, check_node_name
 from .tls import TLSSettings
 from .wire import accept_serpent_only, setup_pyro
+
+log = logging.getLogger("pyrokv.node")
 
 __all__ = ["STOP_SIGNALS", "NodeHandle", "StopSignals", "serve_node", "start_node"]
 
@@ -148,18 +151,27 @@ def start_node(
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
     workers: int = DEFAULT_WORKERS,
     tls: TLSSettings | None = None,
+    secret_file: str | None = None,
 ) -> NodeHandle:
     """Start node ``name`` in this process and register it; return its handle.
 
     With ``tls`` the daemon speaks mutual TLS only; call
     :func:`pyrokv.wire.configure_tls` with the same settings first (process-wide).
     With ``listen`` (host, port) the node also serves the text protocol there
-    (``handle.text.address`` is the real address when port is 0).
+    (``handle.text.address`` is the real address when port is 0). With
+    ``secret_file`` (the cluster's secret, see :mod:`pyrokv.peering`) and no TLS,
+    its text server opens and accepts peer links to other nodes' text ports.
     Refuses (with :class:`NameTakenError`) a name that a live node holds; replaces a
     registration left behind by a dead one.
     """
     setup_pyro()
     check_node_name(name)
+    secret = None if secret_file is None else peering.read_secret(secret_file)
+    if secret_file is not None and peering.exposed(secret_file):
+        log.warning(
+            "the cluster secret file %s can be read by other users: chmod 600 it",
+            secret_file,
+        )
     stale = _refuse_if_live(name, ns, timeout)
     # Pyro5 reads the pool size from its global config: process-wide.
     Pyro5.api.config.THREADPOOL_SIZE = workers
@@ -188,6 +200,7 @@ def start_node(
                 max_line=max_line,
                 idle_timeout=idle_timeout,
                 peer_links=tls is None,  # with TLS, nodes talk over Pyro5 only
+                secret=secret,
                 registry=registry,
             )
         except OSError as exc:

@@ -16,9 +16,9 @@ import concurrent.futures
 import logging
 import time
 
-from . import protocol
+from . import peering, protocol
 from .directory import Directory
-from .errors import NodeTimeoutError, NodeUnreachableError, PyroKVError
+from .errors import NodeTimeoutError, NodeUnreachableError, ProtocolError, PyroKVError
 from .routing import inner_budget
 from .transport import Forward, ReplySink, Transport, deliver
 
@@ -31,7 +31,11 @@ NO_TEXT_RETRY = 30.0
 
 
 class _Link(asyncio.Protocol):
-    """A pipelined text connection to one owner; replies come back in order."""
+    """A pipelined text connection to one owner; replies come back in order.
+
+    It starts with the handshake of :mod:`pyrokv.peering`; ``ready`` is done when
+    both sides have proved themselves (or holds why they could not).
+    """
 
     def __init__(self, links: PeerLinks, owner: str, address: tuple[str, int]) -> None:
         self.links = links
@@ -43,10 +47,54 @@ class _Link(asyncio.Protocol):
         self.inflight: collections.deque[Forward] = collections.deque()
         self.timer: asyncio.TimerHandle | None = None
         self.failed = False
+        self.ready: asyncio.Future[None] = links.loop.create_future()
+        self.mine = peering.new_nonce()
+        self.theirs = b""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        transport.write(peering.hello(self.links.node, self.mine))
+
+    def _handshake(self, data: bytes) -> None:
+        """Read the owner's PEER answer (and prove this node), then its OK."""
+        self.buffer += data
+        while not self.ready.done():
+            end = self.buffer.find(b"\n")
+            if end < 0:
+                if len(self.buffer) > 4096:
+                    raise _NotAPeerError("it sent a line too long for a PEER answer")
+                return
+            line, self.buffer = self.buffer[: end + 1], self.buffer[end + 1 :]
+            if not self.theirs:
+                self._owner_proved(line.split())
+            elif line != protocol.OK:
+                raise _NotAPeerError(f"it refused this node's proof ({line[:60]!r})")
+            else:
+                self.ready.set_result(None)
+
+    def _owner_proved(self, words: list[bytes]) -> None:
+        secret = self.links.secret
+        try:
+            name, theirs, given = peering.parse_hello(words, with_proof=True)
+        except ProtocolError:
+            raise _NotAPeerError(
+                f"it answered PEER with {b' '.join(words)[:60]!r} (no cluster "
+                "secret there, or another one?)"
+            ) from None
+        expected = peering.proof(secret, False, self.mine, self.owner, theirs)
+        if name != self.owner or not peering.verify(expected, given):
+            raise _NotAPeerError(
+                f"the process at {_show(self.address)} could not prove it is node "
+                f"{self.owner!r} of this cluster"
+            )
+        self.theirs = theirs
+        assert self.transport is not None
+        self.transport.write(
+            peering.prove_line(
+                peering.proof(secret, True, theirs, self.links.node, self.mine)
+            )
+        )
 
     def send(self, item: Forward) -> None:
         left = item.deadline - time.monotonic()
@@ -60,7 +108,13 @@ class _Link(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         try:
-            self._replies(data)
+            if self.ready.done():
+                self._replies(data)
+            else:
+                self._handshake(data)
+        except _NotAPeerError as exc:
+            self._not_ready(exc)
+            self._fail(str(exc))
         except Exception:  # a bug here must fail this link, not the loop
             log.exception("peer link to %s failed", self.owner)
             self._fail("internal error")
@@ -91,7 +145,14 @@ class _Link(asyncio.Protocol):
         deliver(done)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._fail("connection lost" if exc is None else str(exc))
+        why = "connection lost" if exc is None else str(exc)
+        self._not_ready(ConnectionError(why))
+        self._fail(why)
+
+    def _not_ready(self, exc: Exception) -> None:
+        if not self.ready.done():
+            self.ready.set_exception(exc)
+            self.ready.exception()  # read here: nobody may be waiting any more
 
     def _arm(self) -> None:
         self.timer = None
@@ -129,6 +190,10 @@ class _Link(asyncio.Protocol):
         deliver([(item.sink, reply) for item in inflight])
 
 
+class _NotAPeerError(Exception):
+    """The text port answered, but not as a node of this cluster."""
+
+
 class _Lane:
     """One owner's state: its link, or requests waiting for one."""
 
@@ -145,8 +210,10 @@ class PeerLinks:
     """Every peer link of one text server, keyed by owner; all on the server's loop.
 
     ``directory`` says where owners serve text; ``fallback`` carries the requests of
-    owners that serve none; ``pool`` runs the (blocking) name-server look-ups;
-    ``timeout`` is what an error says a request had.
+    owners no link can be opened to; ``pool`` runs the (blocking) name-server
+    look-ups; ``timeout`` is what an error says a request had. This node is
+    ``node``, and proves it to each owner with the cluster's ``secret`` (see
+    :mod:`pyrokv.peering`), as each owner proves it is the node it should be.
     """
 
     def __init__(
@@ -156,12 +223,17 @@ class PeerLinks:
         fallback: Transport,
         pool: concurrent.futures.Executor,
         timeout: float,
+        *,
+        node: str,
+        secret: bytes,
     ) -> None:
         self.loop = loop
         self.directory = directory
         self.fallback = fallback
         self.pool = pool
         self.timeout = timeout
+        self.node = node
+        self.secret = secret
         self.lanes: dict[str, _Lane] = {}
 
     def send(self, request: Forward) -> None:
@@ -181,47 +253,62 @@ class PeerLinks:
                 self.loop.create_task(self._connect(owner, lane))
 
     async def _connect(self, owner: str, lane: _Lane) -> None:
-        address: tuple[str, int] | None = None
-        error: PyroKVError | None = None
+        """Open ``owner``'s link (look up, connect, prove both ways), then send what
+        queued meanwhile; on any failure, hand it to the fallback instead."""
+        why = ""
         try:
             address = await self.loop.run_in_executor(
                 self.pool, self.directory.text_address, owner
             )
-            if address is not None:
+            if address is None:
+                why = "it serves no text protocol"
+            else:
                 left = min(item.deadline for item in lane.queued) - time.monotonic()
-                _, link = await asyncio.wait_for(
-                    self.loop.create_connection(
-                        lambda: _Link(self, owner, address), *address
-                    ),
-                    timeout=max(left, 0.001),
+                lane.link = await asyncio.wait_for(
+                    self._open(owner, address), timeout=max(left, 0.001)
                 )
-                lane.link = link
-        except PyroKVError as exc:
-            error = exc
+        except _NotAPeerError as exc:
+            why = str(exc)
         except (asyncio.TimeoutError, TimeoutError):
-            error = NodeTimeoutError.after(
-                owner, self.timeout, None if address is None else _show(address)
-            )
-        except Exception as exc:
-            where = "" if address is None else f" at {_show(address)}"
-            error = NodeUnreachableError(
-                f"node {owner!r}{where} is not reachable: {exc}"
-            )
+            pass  # the owner is slow: the fallback reports it, within the deadline
+        except Exception as exc:  # unreachable, not registered, ...: the same
+            log.info("no peer link to %s (%s); over Pyro5 instead", owner, exc)
         # Settle the lane before handing anything out: a reply may send the next
         # request for this owner at once, and it must find the lane as it now is.
         lane.connecting = False
         queued, lane.queued = lane.queued, []
-        if error is not None:
+        link = lane.link
+        if link is None:
             self.directory.forget_text(owner)
-            reply = protocol.error_reply(error)
-            deliver([(item.sink, reply) for item in queued])
-        elif lane.link is not None:
-            for item in queued:
-                lane.link.send(item)
-        else:  # the owner serves no text protocol: use the fallback for a while
-            lane.pyro_until = time.monotonic() + NO_TEXT_RETRY
-            for item in queued:
-                self.fallback.send(item)
+            if why:  # a link cannot be had for a while: do not ask per request
+                log.warning(
+                    "no peer link to node %r: %s; routing over Pyro5", owner, why
+                )
+                lane.pyro_until = time.monotonic() + NO_TEXT_RETRY
+        for item in queued:
+            try:
+                if link is not None and not link.failed:
+                    link.send(item)
+                else:
+                    self.fallback.send(item)
+            except Exception:  # one request's failure is that request's
+                log.exception("could not send a request to node %r", owner)
+                deliver([(item.sink, protocol.INTERNAL_ERROR)])
+
+    async def _open(self, owner: str, address: tuple[str, int]) -> _Link:
+        """Connect to ``owner`` at ``address`` and prove both ways; the ready link."""
+        _, link = await self.loop.create_connection(
+            lambda: _Link(self, owner, address), *address
+        )
+        try:
+            await link.ready
+        except BaseException:
+            if link.transport is not None:
+                link.transport.abort()
+            raise
+        if link.buffer:  # replies cannot come before a request: out of protocol
+            link._replies(b"")
+        return link
 
     def lost(self, link: _Link) -> None:
         """A link failed: forget it and the owner's address (it may have moved)."""

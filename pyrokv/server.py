@@ -19,7 +19,7 @@ import threading
 import time
 from typing import Any
 
-from . import protocol
+from . import peering, protocol
 from .defaults import DEFAULT_IDLE_TIMEOUT
 from .errors import ProtocolError
 from .peer import PeerLinks
@@ -52,6 +52,12 @@ HARD_LIMIT = 4 << 20
 #: stopped longest is aborted, so their buffers cost the node at most about
 #: MAX_BLOCKED * (HIGH_WATER + _FLUSH).
 MAX_BLOCKED = 128
+#: Connections a node accepts past max_connections for other nodes: each must
+#: open with PEER, or it is told "too many connections" and closed.
+PEER_RESERVE = 64
+#: How much longer than max_line a peer's line may be: its FWD prefix.
+PEER_EXTRA = 4096
+_TOO_MANY = b"ERROR too many connections, try again later\r\n"
 # Pause reading a connection whose queued requests pass this many lines.
 _MAX_QUEUED = 1024
 # The clock of asyncio's loop.time(), called directly: once per request.
@@ -72,6 +78,12 @@ class _Connection(asyncio.Protocol):
         self.paused = False  # reading is paused
         self.blocked = False  # unsent replies passed the high-water mark
         self.limit = server.max_line
+        #: The verbs this connection may run now (none before a reserve
+        #: connection has proved it is a node).
+        self.handlers = server.handlers
+        self.reserve = False  # admitted past max_connections: must prove it is a node
+        self.peer: str | None = None  # the node this connection proved it is
+        self.challenge: tuple[str, bytes, bytes] | None = None  # a PEER in progress
         self.idle: asyncio.TimerHandle | None = None
         self.active = 0.0
 
@@ -82,10 +94,15 @@ class _Connection(asyncio.Protocol):
         self.transport = transport
         server = self.server
         if len(server.connections) >= server.max_connections:
-            transport.write(b"ERROR too many connections, try again later\r\n")
-            transport.close()
-            self.closing = True
-            return
+            if server.secret is None or (
+                len(server.connections) >= server.max_connections + PEER_RESERVE
+            ):
+                transport.write(_TOO_MANY)
+                transport.close()
+                self.closing = True
+                return
+            self.reserve = True
+            self.handlers = {}
         server.connections.add(self)
         transport.set_write_buffer_limits(high=HIGH_WATER)
         self._touch()
@@ -160,7 +177,7 @@ class _Connection(asyncio.Protocol):
         size = 0
         queue = self.queue
         server = self.server
-        handlers = server.handlers
+        handlers = self.handlers
         fresh = server.routing.fresh  # one table for the whole batch
         while queue and not self.waiting and not self.blocked:
             line = queue.popleft()
@@ -184,10 +201,8 @@ class _Connection(asyncio.Protocol):
                         size = 0
                 else:
                     self._route(words, line, handler[2], decision, out)
-            elif words and words[0] == FORWARD:
-                self._forwarded(words, line, out)
             else:
-                out.append(protocol.UNKNOWN)
+                self._other(words, line, out)
         if out:
             self._write(out)
         if self.closing or (self.eof and not queue and not self.waiting):
@@ -232,6 +247,55 @@ class _Connection(asyncio.Protocol):
             return
         assert isinstance(decision, Hop)
         self._send(words, line, verb, decision, _monotonic() + routing.timeout)
+
+    def _other(self, words: list[bytes], line: bytes, out: list[bytes]) -> None:
+        """A line that is not a verb this connection may run now."""
+        first = words[0] if words else b""
+        if self.reserve and first not in (peering.PEER, peering.PROVE):
+            out.append(_TOO_MANY)
+            self.closing = True
+        elif first == FORWARD and self.peer is not None:
+            self._forwarded(words, line, out)
+        elif first == peering.PEER and self.server.secret is not None:
+            out.append(self._hello(words))
+        elif first == peering.PROVE and self.challenge is not None:
+            out.append(self._prove(words))
+        else:
+            out.append(protocol.UNKNOWN)
+
+    def _hello(self, words: list[bytes]) -> bytes:
+        """A node opens a peer link: answer with this node's proof and a challenge."""
+        secret = self.server.secret
+        assert secret is not None
+        try:
+            name, theirs = peering.parse_hello(words, with_proof=False)[:2]
+        except ProtocolError as exc:
+            return protocol.error_reply(exc)
+        mine = peering.new_nonce()
+        self.challenge = (name, theirs, mine)
+        node = self.server.node
+        return peering.hello(
+            node, mine, peering.proof(secret, False, theirs, node, mine)
+        )
+
+    def _prove(self, words: list[bytes]) -> bytes:
+        """The opener's answer to the challenge: a node of this cluster, or not."""
+        secret = self.server.secret
+        assert secret is not None
+        assert self.challenge is not None
+        name, theirs, mine = self.challenge
+        self.challenge = None
+        expected = peering.proof(secret, True, mine, name, theirs)
+        if len(words) != 2 or not peering.verify(expected, words[1]):
+            log.warning(
+                "refused a peer link that claimed to be node %r: bad proof", name
+            )
+            return b"ERROR peer authentication failed\r\n"
+        self.peer = name
+        self.reserve = False
+        self.handlers = self.server.handlers
+        self.limit = self.server.max_line + PEER_EXTRA
+        return protocol.OK
 
     def _forwarded(self, words: list[bytes], line: bytes, out: list[bytes]) -> None:
         """A ``FWD`` line from another node: decide by this node's table; reply framed."""
@@ -319,8 +383,9 @@ class TextServer:
     """Serves the text protocol on (host, port) in a background thread.
 
     Requests for ``registry``'s buckets run on it; the others go through
-    ``router``: over peer links to owners that serve text (``peer_links``), else
-    over Pyro5.
+    ``router``: over peer links to owners that serve text, when the node has the
+    cluster's ``secret`` and ``peer_links`` is on, else over Pyro5. Without a
+    secret the server neither accepts nor opens peer links.
     """
 
     def __init__(
@@ -334,6 +399,7 @@ class TextServer:
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         peer_links: bool = True,
+        secret: bytes | None = None,
     ) -> None:
         if router.node is None or router.local is None:
             raise ValueError("a TextServer needs the router of a node (node, local)")
@@ -343,6 +409,7 @@ class TextServer:
         self.handlers: dict[bytes, tuple[int, Handler, Verb]] = protocol.handlers(
             registry
         )
+        self.secret = secret
         self.max_line = max_line
         self.idle_timeout = idle_timeout
         self.max_connections = max_connections
@@ -366,8 +433,16 @@ class TextServer:
         self.address: tuple[str, int] = self._server.sockets[0].getsockname()[:2]
         pyro = PyroLanes(self.loop, router, self._pool)
         self.transport: Transport = (
-            PeerLinks(self.loop, router.directory, pyro, self._pool, router.timeout)
-            if peer_links
+            PeerLinks(
+                self.loop,
+                router.directory,
+                pyro,
+                self._pool,
+                router.timeout,
+                node=self.node,
+                secret=secret,
+            )
+            if peer_links and secret is not None
             else pyro
         )
         self._thread = threading.Thread(

@@ -285,6 +285,22 @@ SETTINGS = (
         "how often a request may be forwarded before it is a RoutingLoopError",
         start_node=True,
     ),
+    Setting(
+        "cluster",
+        "secret_file",
+        _file_or_none,
+        None,
+        "file holding the cluster's secret: nodes that share it open peer links to "
+        "each other's text ports (without one, routed text requests go over Pyro5); "
+        "'pyrokv up' makes one per cluster",
+        flag="--cluster-secret-file",
+        commands=("node", "up"),
+        env="PYROKV_CLUSTER_SECRET_FILE",
+        metavar="FILE",
+        unset="none",
+        path=True,
+        start_node=True,
+    ),
     _tls_file("cert", "this process's certificate (PEM)"),
     _tls_file("key", "its private key (PEM, unencrypted)"),
     _tls_file("ca", "the CA that signs every peer (PEM)"),

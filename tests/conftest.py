@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 from hypothesis import HealthCheck, settings
 
-from pyrokv.cluster import Child, spawn_nameserver, spawn_node
+from pyrokv.cluster import Child, spawn_nameserver, spawn_node, write_secret
 from pyrokv.naming import parse_address
 
 GUIDE_TABLE = "a..m=foo, n..z=bar"
@@ -68,6 +68,12 @@ def _guide(
     finally:
         for child in children:
             child.stop()
+
+
+@pytest.fixture(name="secret_file", scope="session")
+def _secret_file(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A cluster secret file: nodes given it open peer links to each other."""
+    return write_secret(str(tmp_path_factory.mktemp("secret") / "cluster.secret"))
 
 
 @pytest.fixture(name="unique")

@@ -40,7 +40,7 @@ def text_address(child: Child) -> tuple[str, int]:
 
 @pytest.fixture(name="pair")
 def _pair(
-    ns: tuple[str, int], unique: str, request: pytest.FixtureRequest
+    ns: tuple[str, int], unique: str, secret_file: str, request: pytest.FixtureRequest
 ) -> Iterator[Pair]:
     extra = list(getattr(request, "param", ()))
     a, b = f"a{unique}", f"b{unique}"
@@ -52,7 +52,15 @@ def _pair(
                 name,
                 ns,
                 table,
-                extra=["--listen", "127.0.0.1:0", "--timeout", "3", *extra],
+                extra=[
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--timeout",
+                    "3",
+                    "--cluster-secret-file",
+                    secret_file,
+                    *extra,
+                ],
             )
         yield Pair(
             a,
@@ -323,7 +331,7 @@ def test_a_dead_owner_is_an_error_line_and_the_connection_stays(pair: Pair) -> N
 
 
 def test_text_requests_forward_over_differing_tables_and_loops_are_caught(
-    ns: tuple[str, int], unique: str
+    ns: tuple[str, int], unique: str, secret_file: str
 ) -> None:
     """foo -> bar -> baz over peer links by each node's own table; a loop is an ERROR line."""
     foo, bar, baz = f"f{unique}", f"b{unique}", f"z{unique}"
@@ -336,7 +344,17 @@ def test_text_requests_forward_over_differing_tables_and_loops_are_caught(
     try:
         for name, table in tables.items():
             children[name] = spawn_node(
-                name, ns, table, extra=["--listen", "127.0.0.1:0", "--timeout", "3"]
+                name,
+                ns,
+                table,
+                extra=[
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--timeout",
+                    "3",
+                    "--cluster-secret-file",
+                    secret_file,
+                ],
             )
         with Conn(text_address(children[foo])) as c:
             assert c.ask("CREATE apple") == b"OK"  # foo -> bar -> baz
@@ -394,12 +412,13 @@ def test_an_owner_without_a_text_port_is_reached_over_pyro(
 
 
 def test_a_restarted_owner_is_found_on_its_new_text_port(
-    ns: tuple[str, int], unique: str
+    ns: tuple[str, int], unique: str, secret_file: str
 ) -> None:
     """Owner killed: ERROR; started again on other ports: served again."""
     front, back = f"f{unique}", f"b{unique}"
     table = f"a..m={front}, n..z={back}"
     extra = ["--listen", "127.0.0.1:0", "--timeout", "3"]
+    extra += ["--cluster-secret-file", secret_file]
     a = spawn_node(front, ns, table, extra=extra)
     b = spawn_node(back, ns, table, extra=extra)
     try:
@@ -417,14 +436,12 @@ def test_a_restarted_owner_is_found_on_its_new_text_port(
         a.stop()
 
 
-def test_fwd_lines_from_a_client_get_framed_replies(pair: Pair) -> None:
-    """A FWD line is part of the node-to-node protocol: framed replies, nothing else changes."""
+def test_fwd_lines_from_a_client_are_unknown_commands(pair: Pair) -> None:
+    """FWD belongs to the node-to-node protocol: from a client it is UNKNOWN COMMAND,
+    and the connection stays open and served."""
     stored(pair)
     with Conn(pair.a_addr) as c:
-        c.send(b"FWD 2000 someone GET apples k\r\n")
-        assert c.line() == b"10"
-        assert c.line() == b"kept" and c.line() == b"OK"
-        c.send(b"FWD x y z\r\n")
-        assert c.line() == b"17" and c.line() == b"UNKNOWN COMMAND"
+        assert c.ask("FWD 2000 someone GET apples k") == b"UNKNOWN COMMAND"
+        assert c.ask("FWD x y z") == b"UNKNOWN COMMAND"
         assert c.ask("GET apples k") == b"kept|OK"
     intact(pair)

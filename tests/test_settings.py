@@ -35,6 +35,7 @@ SAMPLES: dict[str, tuple[str, str, str]] = {
     "cluster.table": ("a..z=foo", "a..z=bar", "a..z=baz"),
     "cluster.timeout": ("2.5", "3", "4"),
     "cluster.hop_limit": ("3", "4", "5"),
+    "cluster.secret_file": ("/etc/a.secret", "/etc/b.secret", "/etc/c.secret"),
     "tls.cert": ("/etc/a.pem", "/etc/b.pem", "/etc/c.pem"),
     "tls.key": ("/etc/a.key", "/etc/b.key", "/etc/c.key"),
     "tls.ca": ("/etc/ca-a.pem", "/etc/ca-b.pem", "/etc/ca-c.pem"),
@@ -113,6 +114,7 @@ def test_every_flag_is_in_the_help_of_its_commands(
 def test_every_variable_is_read_and_no_other() -> None:
     """Each declared PYROKV_* variable sets its setting; the unknown-variable error lists them all."""
     assert known_environment() == (
+        "PYROKV_CLUSTER_SECRET_FILE",
         "PYROKV_CONFIG",
         "PYROKV_NS",
         "PYROKV_TABLE",
