@@ -82,7 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     registry.put("apple", "k", "v")
     assert handlers(registry)[b"GET"][1](REQUEST.split()) == REPLY
     runner = TaskRunner("foo", registry)
-    router = Router(RoutingTable.parse("a..m=foo, n..z=bar"), "foo", local=runner.run)
+    router = Router(
+        RoutingTable.parse("a..m=foo, n..z=bar"), "foo", local=runner.execute
+    )
     server = TextServer(router, registry=registry)
     try:
         conn = _Connection(server)

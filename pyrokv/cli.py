@@ -119,12 +119,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _nameserver(args: argparse.Namespace, settings: Settings) -> int:
+    import Pyro5.api
+
     from .daemon import make_nameserver
+    from .guard import guard_daemons
     from .signals import StopSignals
-    from .wire import accept_serpent_only, setup_pyro
+    from .wire import setup_pyro
 
     setup_pyro()
-    accept_serpent_only()
+    guard_daemons(settings.get("nameserver", "max_message"), refuse_uris=False)
+    Pyro5.api.config.THREADPOOL_SIZE = settings.get("nameserver", "workers")
     tls = _tls(settings)
     host, port = settings.ns
     _warn_if_exposed("the name server", host, tls=tls is not None)

@@ -15,6 +15,7 @@ __all__ = [
     "DEFAULT_HOST",
     "DEFAULT_IDLE_TIMEOUT",
     "DEFAULT_MAX_LINE",
+    "DEFAULT_MAX_MESSAGE",
     "DEFAULT_NODES",
     "DEFAULT_NS",
     "DEFAULT_PORT",
@@ -47,6 +48,10 @@ DEFAULT_MAX_LINE = 64 * 1024
 DEFAULT_IDLE_TIMEOUT = 300.0
 #: [node NAME] workers: Pyro5 worker threads; each connection into a node holds one.
 DEFAULT_WORKERS = 256
+
+#: [node NAME] and [nameserver] max_message: the largest Pyro5 message a daemon
+#: accepts (bytes); a larger one is refused from its header.
+DEFAULT_MAX_MESSAGE = 8 * 1024 * 1024
 
 #: The nodes ``pyrokv up`` starts when the config has no [node NAME] section:
 #: name and text-protocol address (their other settings take the defaults above).

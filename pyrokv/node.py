@@ -26,12 +26,14 @@ from .defaults import (
     DEFAULT_HOST,
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MAX_LINE,
+    DEFAULT_MAX_MESSAGE,
     DEFAULT_NS,
     DEFAULT_PORT,
     DEFAULT_TIMEOUT,
     DEFAULT_WORKERS,
 )
 from .errors import ListenError, NameServerUnavailableError, NameTakenError
+from .guard import guard_daemons
 from .registry import Registry
 from .router import Router
 from .runner import TaskRunner
@@ -39,7 +41,7 @@ from .server import TextServer
 from .signals import STOP_SIGNALS, StopSignals
 from .table import RoutingTable, check_node_name
 from .tls import TLSSettings
-from .wire import accept_serpent_only, setup_pyro
+from .wire import setup_pyro
 
 log = logging.getLogger("pyrokv.node")
 
@@ -152,6 +154,7 @@ def start_node(
     workers: int = DEFAULT_WORKERS,
     tls: TLSSettings | None = None,
     secret_file: str | None = None,
+    max_message: int = DEFAULT_MAX_MESSAGE,
 ) -> NodeHandle:
     """Start node ``name`` in this process and register it; return its handle.
 
@@ -173,8 +176,10 @@ def start_node(
             secret_file,
         )
     stale = _refuse_if_live(name, ns, timeout)
-    # Pyro5 reads the pool size from its global config: process-wide.
+    # Pyro5 reads the pool size and message limit from its global config:
+    # process-wide.
     Pyro5.api.config.THREADPOOL_SIZE = workers
+    Pyro5.api.config.MAX_MESSAGE_SIZE = max_message
     try:
         daemon = make_daemon(host, port, tls)
     except OSError as exc:
@@ -186,7 +191,7 @@ def start_node(
     registry = Registry()
     runner = TaskRunner(name, registry, allow)
     router = Router(
-        table, name, local=runner.run, ns=ns, timeout=timeout, hop_limit=hop_limit
+        table, name, local=runner.execute, ns=ns, timeout=timeout, hop_limit=hop_limit
     )
     runner.router = router
     daemon.register(registry, naming.registry_name(name))
@@ -201,6 +206,7 @@ def start_node(
                 idle_timeout=idle_timeout,
                 peer_links=tls is None,  # with TLS, nodes talk over Pyro5 only
                 secret=secret,
+                max_message=max_message,
                 registry=registry,
             )
         except OSError as exc:
@@ -258,10 +264,10 @@ def serve_node(
 ) -> int:
     """Run node ``name`` until SIGTERM or Ctrl-C (``pyrokv node``); return the exit code.
 
-    The process accepts serpent only (see :func:`pyrokv.wire.accept_serpent_only`).
+    The process's daemons refuse what :mod:`pyrokv.guard` says, before decoding it.
     """
     setup_pyro()
-    accept_serpent_only()
+    guard_daemons(options.get("max_message", DEFAULT_MAX_MESSAGE), refuse_uris=True)
     with StopSignals() as signals, start_node(name, table, ns, **options) as handle:
         if handle.text is not None:
             host, port = handle.text.address

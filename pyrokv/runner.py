@@ -14,11 +14,11 @@ import inspect
 import re
 import types
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from Pyro5.api import expose
 
-from . import tasks
+from . import guard, tasks
 from .defaults import DEFAULT_ALLOW
 from .errors import NoRouterError, TaskArgumentError, TaskNotAllowedError
 
@@ -41,7 +41,14 @@ def check_module_name(module: str) -> str:
     return module
 
 
-@expose
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _exposed(method: _F) -> _F:
+    """Pyro5's ``@expose``, typed: only these methods are reachable remotely."""
+    return cast(_F, expose(method))
+
+
 class TaskRunner:
     """Runs tasks on one node, within its allowlist; the Pyro object ``pyrokv.<node>.tasks``.
 
@@ -71,6 +78,7 @@ class TaskRunner:
         """The modules whose functions this node runs, sorted."""
         return sorted(self._allow)
 
+    @_exposed
     def run(
         self,
         func: str,
@@ -81,7 +89,17 @@ class TaskRunner:
 
         Raises :class:`TaskNotAllowedError` (and runs nothing) when ``func`` is outside
         the allowlist, :class:`TaskArgumentError` when the arguments do not fit.
+        The remote entry: its arguments are checked before anything uses them.
         """
+        return self.execute(func, guard.check_args(args), guard.check_kwargs(kwargs))
+
+    def execute(
+        self,
+        func: str,
+        args: Sequence[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
+        """:meth:`run` for callers in this process (the node's router), unchecked."""
         function = self._resolved.get(func) if isinstance(func, str) else None
         if function is None:
             function = self._resolve(func)
@@ -96,6 +114,7 @@ class TaskRunner:
         finally:
             tasks._current.reset(token)
 
+    @_exposed
     def route(
         self,
         bucket: str,
@@ -112,8 +131,18 @@ class TaskRunner:
         """
         if self.router is None:
             raise NoRouterError(f"node {self.node!r} has no router to route with")
-        return self.router.forwarded(bucket, func, args, kwargs, list(path), budget)
+        if not isinstance(bucket, (str, bytes)) or not isinstance(func, str):
+            raise TaskArgumentError("bucket must be text or bytes, func a dotted name")
+        return self.router.forwarded(
+            bucket,
+            func,
+            guard.check_args(args),
+            guard.check_kwargs(kwargs),
+            guard.check_path(path),
+            guard.check_budget(budget),
+        )
 
+    @_exposed
     def route_batch(
         self,
         items: Sequence[Sequence[Any]],
@@ -129,16 +158,19 @@ class TaskRunner:
         if self.router is None:
             raise NoRouterError(f"node {self.node!r} has no router to route with")
         forwarded = self.router.forwarded
+        path = guard.check_path(path)
+        budget = guard.check_budget(budget)
         results: list[list[Any]] = []
-        for bucket, func, args in items:
+        for bucket, func, args in guard.check_items(items):
             try:
                 results.append(
-                    [True, forwarded(bucket, func, args, None, list(path), budget)]
+                    [True, forwarded(bucket, func, args, None, path, budget)]
                 )
             except Exception as exc:
                 results.append([False, exc])
         return results
 
+    @_exposed
     def info(self) -> dict[str, Any]:
         """This node's name, routing table (text form), bucket count and allowlist."""
         router = self.router

@@ -20,7 +20,7 @@ import time
 from typing import Any
 
 from . import peering, protocol
-from .defaults import DEFAULT_IDLE_TIMEOUT
+from .defaults import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_MESSAGE
 from .errors import ProtocolError
 from .peer import PeerLinks
 from .protocol import FORWARD, Handler, Verb
@@ -400,6 +400,7 @@ class TextServer:
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         peer_links: bool = True,
         secret: bytes | None = None,
+        max_message: int = DEFAULT_MAX_MESSAGE,
     ) -> None:
         if router.node is None or router.local is None:
             raise ValueError("a TextServer needs the router of a node (node, local)")
@@ -431,7 +432,7 @@ class TextServer:
             self.loop.close()
             raise
         self.address: tuple[str, int] = self._server.sockets[0].getsockname()[:2]
-        pyro = PyroLanes(self.loop, router, self._pool)
+        pyro = PyroLanes(self.loop, router, self._pool, max_message)
         self.transport: Transport = (
             PeerLinks(
                 self.loop,

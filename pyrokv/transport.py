@@ -22,6 +22,7 @@ import threading
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from . import protocol
+from .defaults import DEFAULT_MAX_MESSAGE
 from .routing import Hop
 
 if TYPE_CHECKING:
@@ -82,17 +83,25 @@ def deliver(replies: list[tuple[ReplySink, bytes]]) -> None:
 
 
 class PyroLanes:
-    """Requests to their owners over Pyro5, from ``pool``, coalesced per owner."""
+    """Requests to their owners over Pyro5, from ``pool``, coalesced per owner.
+
+    A call carries at most :data:`MAX_BATCH` requests, and no more of them than fit
+    in half of ``max_message`` (the largest message a node accepts).
+    """
 
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
         router: Router,
         pool: concurrent.futures.Executor,
+        max_message: int = DEFAULT_MAX_MESSAGE,
     ) -> None:
         self.loop = loop
         self.router = router
         self.pool = pool
+        # A call carries its requests' lines and little else: half the limit
+        # leaves room for serpent's quoting and the call's own fields.
+        self.max_bytes = max_message // 2
         self._lock = threading.Lock()
         self._pending: collections.defaultdict[str, collections.deque[Forward]] = (
             collections.defaultdict(collections.deque)
@@ -120,7 +129,13 @@ class PyroLanes:
                 if not pending:
                     self._senders[owner] -= 1
                     return
-                batch = [pending.popleft() for _ in range(min(len(pending), MAX_BATCH))]
+                batch = [pending.popleft()]
+                size = len(batch[0].line)
+                while pending and len(batch) < MAX_BATCH:
+                    size += len(pending[0].line)
+                    if size > self.max_bytes:
+                        break
+                    batch.append(pending.popleft())
             replies = self._send(batch)
             try:
                 self.loop.call_soon_threadsafe(deliver, replies)

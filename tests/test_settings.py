@@ -32,6 +32,8 @@ ROOT = Path(__file__).resolve().parent.parent
 SAMPLES: dict[str, tuple[str, str, str]] = {
     "nameserver.host": ("127.0.0.7", "127.0.0.8", "127.0.0.9"),
     "nameserver.port": ("7001", "7002", "7003"),
+    "nameserver.workers": ("7", "8", "9"),
+    "nameserver.max_message": ("100000", "200000", "300000"),
     "cluster.table": ("a..z=foo", "a..z=bar", "a..z=baz"),
     "cluster.timeout": ("2.5", "3", "4"),
     "cluster.hop_limit": ("3", "4", "5"),
@@ -47,6 +49,7 @@ SAMPLES: dict[str, tuple[str, str, str]] = {
     "node.max_line": ("100", "200", "300"),
     "node.idle_timeout": ("1.5", "2.5", "3.5"),
     "node.workers": ("4", "5", "6"),
+    "node.max_message": ("400000", "500000", "600000"),
 }
 
 

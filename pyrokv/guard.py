@@ -1,0 +1,225 @@
+"""What a pyrokv daemon refuses before it decodes or uses a request.
+
+Pyro5 decodes a call's body (``serpent.loads``, which builds a Python syntax tree of
+the whole body) before anything looks at it, and turns some dicts in it into live
+Pyro5 objects. So, process-wide, for the daemons of ``pyrokv node`` and
+``pyrokv nameserver`` (:func:`guard_daemons`):
+
+- a message larger than ``max_message`` is refused from its header (Pyro5's
+  ``MAX_MESSAGE_SIZE``), before its body is read;
+- a body whose structure has more than :data:`MAX_ELEMENTS` separators outside its
+  string literals is refused before it is decoded: decoding costs about 1 KiB of
+  memory and 1.6 µs per element here, so the bound keeps one message under about
+  64 MiB and 100 ms however it is built;
+- every serializer but serpent is refused (:func:`pyrokv.wire.accept_serpent_only`);
+- a Pyro5 proxy, daemon or serializer object in any message is refused as it is
+  decoded (a proxy argument would make the node dial out when it is used), and on
+  nodes a URI in a request too (nodes take none; the name server's ``register``
+  does).
+
+:func:`check_path`, :func:`check_budget` and :func:`check_items` then check the
+arguments of ``TaskRunner.route``/``route_batch`` before they are used.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from .defaults import DEFAULT_MAX_MESSAGE
+from .errors import TaskArgumentError
+from .table import check_node_name
+
+__all__ = [
+    "DEFAULT_MAX_MESSAGE",
+    "MAX_ELEMENTS",
+    "check_args",
+    "check_budget",
+    "check_items",
+    "check_kwargs",
+    "check_path",
+    "count_elements",
+    "guard_daemons",
+]
+
+log = logging.getLogger("pyrokv.guard")
+
+#: The most separators (``, [ ( { :``) outside string literals one body may have.
+MAX_ELEMENTS = 64 * 1024
+#: Bodies shorter than this cannot hold MAX_ELEMENTS elements: not scanned.
+_SCAN_FROM = 2 * MAX_ELEMENTS
+#: The longest path a request may carry (its hop limit is checked by routing).
+MAX_PATH = 64
+
+_STRINGS = re.compile(rb"'[^'\\]*(?:\\.[^'\\]*)*'|\"[^\"\\]*(?:\\.[^\"\\]*)*\"")
+_SEPARATORS = (b",", b"[", b"(", b"{", b":")
+_REFUSED = ("Pyro5.client.Proxy", "Pyro5.server.Daemon")
+_REFUSED_PREFIXES = ("Pyro5.util.",)
+_decoding_request = threading.local()
+_installed = threading.Lock()
+_done: dict[str, bool] = {}
+
+
+def count_elements(body: bytes) -> int:
+    """Separators outside the string literals of a serpent ``body``: its element count, roughly."""
+    structure = _STRINGS.sub(b"", body)
+    return sum(structure.count(sep) for sep in _SEPARATORS)
+
+
+def guard_daemons(max_message: int = DEFAULT_MAX_MESSAGE, *, refuse_uris: bool) -> None:
+    """Install the checks above in this process; ``refuse_uris`` on nodes.
+
+    Process-wide; a second call changes only ``max_message``.
+    """
+    import Pyro5.api
+    from Pyro5 import errors, protocol, serializers
+
+    from .wire import accept_serpent_only
+
+    Pyro5.api.config.MAX_MESSAGE_SIZE = int(max_message)
+    with _installed:
+        if _done.get("installed"):
+            _done["refuse_uris"] = refuse_uris
+            return
+        _done["installed"] = True
+        _done["refuse_uris"] = refuse_uris
+    accept_serpent_only()
+    checked = (protocol.MSG_CONNECT, protocol.MSG_INVOKE)
+    original = protocol.recv_stub
+
+    def recv_stub(connection: Any, accepted_msgtypes: Any = None) -> Any:
+        msg = original(connection, accepted_msgtypes)
+        if msg.type in checked and len(msg.data) >= _SCAN_FROM:
+            elements = count_elements(bytes(msg.data))
+            if elements > MAX_ELEMENTS:
+                log.warning(
+                    "refused a Pyro5 message of %d bytes with %d elements (at most "
+                    "%d) from %s",
+                    len(msg.data),
+                    elements,
+                    MAX_ELEMENTS,
+                    getattr(connection, "sock", None) and _peer(connection),
+                )
+                raise errors.SecurityError(
+                    f"pyrokv refuses a message of {elements} elements (at most "
+                    f"{MAX_ELEMENTS}): split it into smaller calls"
+                )
+        return msg
+
+    protocol.recv_stub = recv_stub
+
+    def refuse(classname: str, _data: dict[str, Any]) -> Any:
+        raise errors.SecurityError(
+            f"pyrokv refuses a {classname} object in a message: send plain data"
+        )
+
+    for name in _REFUSED:
+        serializers.SerializerBase.register_dict_to_class(name, refuse)
+    for name in ("SerpentSerializer", "MarshalSerializer", "JsonSerializer"):
+        serializers.SerializerBase.register_dict_to_class(
+            f"{_REFUSED_PREFIXES[0]}{name}", refuse
+        )
+    serializers.SerializerBase.register_dict_to_class("Pyro5.core.URI", _uri)
+    serpent_class = serializers.SerpentSerializer
+    loads_call = serpent_class.loadsCall
+
+    def guarded_loads_call(self: Any, data: Any) -> Any:
+        _decoding_request.active = True
+        try:
+            return loads_call(self, data)
+        finally:
+            _decoding_request.active = False
+
+    serpent_class.loadsCall = guarded_loads_call
+
+
+def _uri(classname: str, data: dict[str, Any]) -> Any:
+    """Rebuild a URI as Pyro5 does; refused in a request to a node."""
+    from Pyro5 import core, errors
+
+    if _done.get("refuse_uris") and getattr(_decoding_request, "active", False):
+        raise errors.SecurityError(
+            "pyrokv nodes refuse a Pyro5 URI in a request: send plain data"
+        )
+    uri = core.URI.__new__(core.URI)
+    uri.__setstate__(data["state"])
+    return uri
+
+
+def _peer(connection: Any) -> str:
+    try:
+        return str(connection.sock.getpeername())
+    except OSError:
+        return "?"
+
+
+# -- the arguments of a routed request ---------------------------------------------
+
+
+def check_path(path: object) -> list[str]:
+    """``path`` as a list of node names; :class:`TaskArgumentError` if it is not one."""
+    if not isinstance(path, (list, tuple)) or len(path) > MAX_PATH:
+        raise TaskArgumentError(
+            f"path must be a list of at most {MAX_PATH} node names, not "
+            f"{type(path).__name__}"
+        )
+    try:
+        return [check_node_name(node) for node in path]
+    except Exception:
+        raise TaskArgumentError("path must hold node names only") from None
+
+
+def check_budget(budget: object) -> float | None:
+    """``budget`` as seconds (None: no budget); a finite number that is not negative."""
+    if budget is None:
+        return None
+    if (
+        isinstance(budget, bool)
+        or not isinstance(budget, (int, float))
+        or not math.isfinite(budget)
+        or budget < 0
+    ):
+        raise TaskArgumentError(
+            f"budget must be a finite number of seconds, not {budget!r:.40}"
+        )
+    return float(budget)
+
+
+def check_args(args: object) -> Sequence[Any]:
+    """A task's positional arguments: a list or tuple."""
+    if not isinstance(args, (list, tuple)):
+        raise TaskArgumentError(f"args must be a list, not {type(args).__name__}")
+    return args
+
+
+def check_kwargs(kwargs: object) -> dict[str, Any] | None:
+    """A task's keyword arguments: None, or a dict whose keys are text."""
+    if kwargs is None:
+        return None
+    if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
+        raise TaskArgumentError("kwargs must be a dict with text keys")
+    return kwargs
+
+
+def check_items(items: object) -> list[tuple[Any, str, Sequence[Any]]]:
+    """``items`` of a batch as (bucket, func, args) triples, checked."""
+    if not isinstance(items, (list, tuple)):
+        raise TaskArgumentError("items must be a list of [bucket, func, args]")
+    checked: list[tuple[Any, str, Sequence[Any]]] = []
+    for item in items:
+        if (
+            not isinstance(item, (list, tuple))
+            or len(item) != 3
+            or not isinstance(item[0], (str, bytes))
+            or not isinstance(item[1], str)
+            or not isinstance(item[2], (list, tuple))
+        ):
+            raise TaskArgumentError(
+                "each item must be [bucket (str), func (str), args (list)]"
+            )
+        checked.append((item[0], item[1], item[2]))
+    return checked
