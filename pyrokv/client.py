@@ -17,8 +17,9 @@ from Pyro5.api import URI, Proxy
 
 from . import naming
 from .defaults import DEFAULT_NS
-from .errors import NameServerUnavailableError, NodeNotRegisteredError
+from .errors import NameServerUnavailableError, NodeNotRegisteredError, PyroKVError
 from .protocol import VERBS
+from .proxies import check_certificate
 from .router import DEFAULT_TIMEOUT, Router
 from .table import RoutingTable
 
@@ -47,15 +48,24 @@ NodeStatus = dict[str, Any]
 
 
 def node_status(node: str, uri: Any, timeout: float = 2.0) -> NodeStatus:
-    """Ask one node for its info; ``alive`` is False when it does not answer."""
+    """Ask one node for its info; ``alive`` is False when it does not answer, or
+    answers as another node (a registration taken over: ``error`` says so)."""
     row: NodeStatus = {"node": node, "address": uri.location, "alive": False}
     try:
         with Proxy(uri) as proxy:
             proxy._pyroTimeout = timeout
-            row.update(proxy.info())
-            row["alive"] = True
-    except Pyro5.errors.PyroError as exc:
+            proxy._pyroBind()
+            check_certificate(proxy, node)
+            info = proxy.info()
+    except (Pyro5.errors.PyroError, PyroKVError) as exc:
         row["error"] = str(exc)
+        return row
+    if not isinstance(info, dict) or info.get("node") != node:
+        claimed = info.get("node") if isinstance(info, dict) else None
+        row["error"] = f"the process at {uri.location} answers as node {claimed!r}"
+        return row
+    row.update(info)
+    row["alive"] = True
     return row
 
 

@@ -28,6 +28,7 @@ __all__ = [
     "NameTakenError",
     "NoRouteError",
     "NoRouterError",
+    "NodeIdentityError",
     "NodeNotRegisteredError",
     "NodeTimeoutError",
     "NodeUnavailableError",
@@ -101,6 +102,11 @@ class NodeNotRegisteredError(NodeUnavailableError):
 
 class NodeUnreachableError(NodeUnavailableError):
     """The node is registered, but its address refused or dropped the connection."""
+
+
+class NodeIdentityError(NodeUnavailableError):
+    """The process at a node's registered address is not that node: it answers
+    under another name, or its TLS certificate names another node."""
 
 
 class NodeTimeoutError(NodeUnavailableError):

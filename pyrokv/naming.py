@@ -13,6 +13,7 @@ __all__ = [
     "NS_OBJECT",
     "TEXT_METADATA",
     "node_of",
+    "node_prefix",
     "ns_proxy",
     "parse_address",
     "parse_port",
@@ -32,6 +33,11 @@ _PREFIX = "pyrokv."
 def registry_name(node: str) -> str:
     """``pyrokv.<node>.registry``: the node's Registry."""
     return f"{_PREFIX}{node}.registry"
+
+
+def node_prefix(node: str) -> str:
+    """``pyrokv.<node>.``: the start of each of the node's names."""
+    return f"{_PREFIX}{node}."
 
 
 def tasks_name(node: str) -> str:

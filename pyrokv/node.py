@@ -86,12 +86,16 @@ class NodeHandle:
         self._register(safe=not replace)
         self._keeper.start()
 
+    def _metadata(self) -> set[str]:
+        metadata = {naming.NODE_METADATA}
+        if self.text is not None:
+            metadata.add(naming.text_metadata(*self.text.address))
+        return metadata
+
     def _register(self, safe: bool) -> None:
         host, port = self.ns
+        metadata = self._metadata()
         with naming.ns_proxy(host, port, self.router.timeout) as ns:
-            metadata = {naming.NODE_METADATA}
-            if self.text is not None:
-                metadata.add(naming.text_metadata(*self.text.address))
             ns.register(
                 naming.tasks_name(self.name), self.uri, safe=safe, metadata=metadata
             )
@@ -100,13 +104,40 @@ class NodeHandle:
             )
 
     def _keep_registered(self) -> None:
+        """Every REREGISTER_INTERVAL: register again if either name is gone (a
+        restarted name server) or points elsewhere (someone took it over)."""
         host, port = self.ns
+        mine = {
+            naming.tasks_name(self.name): str(self.uri),
+            naming.registry_name(self.name): str(self.registry_uri),
+        }
         while not self._stopping.wait(REREGISTER_INTERVAL):
             try:
                 with naming.ns_proxy(host, port, self.router.timeout) as ns:
-                    current = ns.list(prefix=naming.tasks_name(self.name))
-                if naming.tasks_name(self.name) not in current:
-                    self._register(safe=False)
+                    found = ns.list(
+                        prefix=naming.node_prefix(self.name),
+                        return_metadata=True,
+                    )
+                metadata = self._metadata()
+                wrong = [
+                    (name, found.get(name))
+                    for name, uri in mine.items()
+                    if found.get(name) is None
+                    or str(found[name][0]) != uri
+                    or set(found[name][1]) != metadata
+                ]
+                if not wrong:
+                    continue
+                for name, entry in wrong:
+                    if entry is not None:
+                        log.warning(
+                            "the name server has %s at %s (metadata %s), not this "
+                            "node: registering it again",
+                            name,
+                            entry[0],
+                            sorted(entry[1]),
+                        )
+                self._register(safe=False)
             except Pyro5.errors.PyroError:
                 continue  # name server down: keep serving, try again later
 

@@ -10,7 +10,9 @@ caller's connection.
 
 from __future__ import annotations
 
+import logging
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -24,6 +26,7 @@ from Pyro5.api import Proxy
 
 from .directory import Directory, Entry
 from .errors import (
+    NodeIdentityError,
     NodeTimeoutError,
     NodeUnavailableError,
     NodeUnreachableError,
@@ -33,7 +36,16 @@ from .errors import (
 from .routing import inner_budget
 from .wire import PEER_IDLE_TIMEOUT
 
-__all__ = ["RECONNECT_IDLE", "Held", "ProxyPool", "translate"]
+__all__ = [
+    "NODE_DNS_SUFFIX",
+    "RECONNECT_IDLE",
+    "Held",
+    "ProxyPool",
+    "check_certificate",
+    "translate",
+]
+
+log = logging.getLogger("pyrokv.proxies")
 
 #: A proxy unused for this long is reconnected before its next call: the node at
 #: the other end closes connections idle for PEER_IDLE_TIMEOUT (60 s).
@@ -72,6 +84,47 @@ def translate(
             f"node {owner!r} is registered at {location} but is not reachable: {exc}"
         )
     return NodeUnreachableError(f"node {owner!r} at {location} is not reachable: {exc}")
+
+
+#: A node's certificate names it as the DNS name ``NAME.pyrokv`` (subjectAltName).
+NODE_DNS_SUFFIX = ".pyrokv"
+_unnamed_warned: set[str] = set()
+
+
+def check_certificate(proxy: Any, node: str) -> None:
+    """Refuse a TLS peer whose certificate names another node than ``node``.
+
+    A certificate that names no node (no DNS name ending in ``.pyrokv``) cannot
+    be checked: accepted, with a warning once per node. Plain connections pass.
+    """
+    connection = getattr(proxy, "_pyroConnection", None)
+    sock = getattr(connection, "sock", None)
+    if not isinstance(sock, ssl.SSLSocket):
+        return
+    cert: dict[str, Any] = dict(sock.getpeercert() or {})
+    names = [
+        str(pair[1])
+        for pair in cert.get("subjectAltName", ())
+        if pair[0] == "DNS" and str(pair[1]).endswith(NODE_DNS_SUFFIX)
+    ]
+    if not names:
+        if node not in _unnamed_warned:
+            _unnamed_warned.add(node)
+            log.warning(
+                "node %r's certificate names no node (no DNS name %s%s): cannot "
+                "check that it is %r",
+                node,
+                node,
+                NODE_DNS_SUFFIX,
+                node,
+            )
+        return
+    if f"{node}{NODE_DNS_SUFFIX}" not in names:
+        raise NodeIdentityError(
+            f"the process registered as node {node!r} at "
+            f"{proxy._pyroUri.location} shows a certificate for "
+            f"{', '.join(sorted(names))}, not {node}{NODE_DNS_SUFFIX}: refusing it"
+        )
 
 
 @dataclass(slots=True)
@@ -184,6 +237,12 @@ class ProxyPool:
                 raise error from exc
             # The cached address may be from before a restart: look it up again.
             return self.proxy(owner, deadline)
+        try:
+            check_certificate(proxy, owner)
+        except NodeIdentityError:
+            self.directory.forget(owner)
+            proxy._pyroRelease()
+            raise
         # Close with a reset, not a FIN: a request that timed out must not sit in
         # the kernel's send queue and reach the node when the link comes back.
         sock = proxy._pyroConnection.sock

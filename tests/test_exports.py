@@ -25,6 +25,7 @@ def test_exports() -> None:
         "NoRouteError",
         "NoRouterError",
         "NodeHandle",
+        "NodeIdentityError",
         "NodeNotRegisteredError",
         "NodeTimeoutError",
         "NodeUnavailableError",
