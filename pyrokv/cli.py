@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import os
 import sys
 import threading
 from collections.abc import Sequence
@@ -17,6 +18,7 @@ from . import __version__
 from .config import Settings
 from .errors import ConfigError, ListenError, PyroKVError
 from .flags import add_setting_flags, settings_for
+from .settings import PASSWORD_ENV
 
 __all__ = ["main"]
 
@@ -158,7 +160,15 @@ def _node(args: argparse.Namespace, settings: Settings) -> int:
 
     options = settings.node_options(args.name)
     _check_node_host(args.name, options["host"], settings.ns_host)
-    tls = _tls(settings)
+    password = os.environ.get(PASSWORD_ENV)
+    origin = settings.origin(f"node {args.name}", "password_file")
+    if password is not None and not origin.startswith("flag"):
+        # the variable beats the config file, as every variable does; a flag beats it
+        if not password or any(c.isspace() for c in password):
+            raise ConfigError(f"${PASSWORD_ENV} must be one word: no spaces, not empty")
+        options["password_file"] = None
+        options["password"] = password
+    tls = _tls(settings, args.name)
     _warn_if_exposed(
         f"node {args.name!r}", options["host"], options["listen"], tls=tls is not None
     )
@@ -215,12 +225,23 @@ def _warn_if_exposed(
         )
 
 
-def _tls(settings: Settings) -> Any:
-    """This process's TLS settings (None: plain), applied to Pyro5 before any proxy."""
+def _tls(settings: Settings, node: str | None = None) -> Any:
+    """This process's TLS settings (None: plain), applied to Pyro5 before any proxy.
+
+    A node takes its own ``[node NAME] tls_cert``/``tls_key`` when the file gives
+    them, unless ``--tls-cert``/``--tls-key`` were given on its command line.
+    """
     from .tls import TLSSettings
     from .wire import configure_tls
 
-    tls = TLSSettings.from_options(settings.tls_cert, settings.tls_key, settings.tls_ca)
+    cert, key = settings.tls_cert, settings.tls_key
+    if node is not None:
+        own = settings.node(node)
+        if own.tls_cert and not settings.origin("tls", "cert").startswith("flag"):
+            cert = own.tls_cert
+        if own.tls_key and not settings.origin("tls", "key").startswith("flag"):
+            key = own.tls_key
+    tls = TLSSettings.from_options(cert, key, settings.tls_ca)
     configure_tls(tls)
     return tls
 

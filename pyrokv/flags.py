@@ -89,7 +89,10 @@ class _SettingFlag(argparse.Action):
         values: Any,
         option_string: str | None = None,
     ) -> None:
-        value = _parse(parser, self.setting.parse, values, option_string)
+        if self.setting.switch:  # a flag without a value: it turns the setting on
+            value: Any = True
+        else:
+            value = _parse(parser, self.setting.parse, values, option_string)
         if self.setting.adds:
             value = [*(getattr(namespace, self.dest) or []), value]
         setattr(namespace, self.dest, value)
@@ -134,6 +137,16 @@ def add_setting_flags(parser: argparse.ArgumentParser, command: str) -> None:
             if s.section not in groups:
                 groups[s.section] = parser.add_argument_group(title)
             target = groups[s.section]
+        if s.switch:
+            target.add_argument(
+                s.flag,
+                nargs=0,
+                dest=s.dest,
+                action=_SettingFlag,
+                setting=s,
+                help=_help(s),
+            )
+            continue
         target.add_argument(
             s.flag,
             metavar=s.metavar or s.key.upper(),

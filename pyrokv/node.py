@@ -9,6 +9,7 @@ unregister, exit.
 from __future__ import annotations
 
 import logging
+import ssl
 import sys
 import threading
 from collections.abc import Iterable
@@ -32,7 +33,12 @@ from .defaults import (
     DEFAULT_TIMEOUT,
     DEFAULT_WORKERS,
 )
-from .errors import ListenError, NameServerUnavailableError, NameTakenError
+from .errors import (
+    ConfigError,
+    ListenError,
+    NameServerUnavailableError,
+    NameTakenError,
+)
 from .guard import guard_daemons
 from .registry import Registry
 from .router import Router
@@ -186,6 +192,10 @@ def start_node(
     tls: TLSSettings | None = None,
     secret_file: str | None = None,
     max_message: int = DEFAULT_MAX_MESSAGE,
+    listen_tls: bool = False,
+    listen_tls_verify_client: bool = False,
+    password_file: str | None = None,
+    password: str | None = None,
 ) -> NodeHandle:
     """Start node ``name`` in this process and register it; return its handle.
 
@@ -200,6 +210,9 @@ def start_node(
     """
     setup_pyro()
     check_node_name(name)
+    text_tls = _text_tls(listen, tls, listen_tls, listen_tls_verify_client)
+    if password_file is not None:
+        password = read_password(password_file)
     secret = None if secret_file is None else peering.read_secret(secret_file)
     if secret_file is not None and peering.exposed(secret_file):
         log.warning(
@@ -238,6 +251,8 @@ def start_node(
                 peer_links=tls is None,  # with TLS, nodes talk over Pyro5 only
                 secret=secret,
                 max_message=max_message,
+                ssl=text_tls,
+                password=None if password is None else password.encode("utf-8"),
                 registry=registry,
             )
         except OSError as exc:
@@ -260,6 +275,44 @@ def start_node(
             "(start one with 'pyrokv nameserver', or point --ns at it)"
         ) from None
     return handle
+
+
+def _text_tls(
+    listen: tuple[str, int] | None,
+    tls: TLSSettings | None,
+    listen_tls: bool,
+    verify_client: bool,
+) -> ssl.SSLContext | None:
+    """The text port's TLS context (``--listen-tls``), or None; a ConfigError when
+    the options do not go together."""
+    if verify_client and not listen_tls:
+        raise ConfigError("--listen-tls-verify-client goes with --listen-tls")
+    if not listen_tls:
+        return None
+    if listen is None:
+        raise ConfigError("--listen-tls needs --listen HOST:PORT (the text port)")
+    if tls is None:
+        raise ConfigError(
+            "--listen-tls serves the text port with this node's certificate: give "
+            "--tls-cert, --tls-key and --tls-ca (or [tls] cert, key, ca)"
+        )
+    return tls.text_context(verify_client)
+
+
+def read_password(path: str) -> str:
+    """The text port's password in file ``path``; a ConfigError naming the file
+    when it cannot be read, is empty, or holds whitespace inside."""
+    try:
+        with open(path, encoding="utf-8") as file:
+            password = file.read(4096).strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read the password file {path}: {exc}") from None
+    if not password or any(c.isspace() for c in password):
+        raise ConfigError(
+            f"the password file {path} must hold one word (AUTH sends it as one): "
+            "no spaces, not empty"
+        )
+    return password
 
 
 def _refuse_if_live(name: str, ns: tuple[str, int], timeout: float) -> bool:

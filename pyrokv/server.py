@@ -14,7 +14,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import hmac
 import logging
+import ssl as ssl_module
 import threading
 import time
 from typing import Any
@@ -58,6 +60,14 @@ PEER_RESERVE = 64
 #: How much longer than max_line a peer's line may be: its FWD prefix.
 PEER_EXTRA = 4096
 _TOO_MANY = b"ERROR too many connections, try again later\r\n"
+_QUIT = b"QUIT"
+_AUTH = b"AUTH"
+_NOAUTH = b"ERROR NOAUTH authentication required\r\n"
+_BAD_PASSWORD = b"ERROR invalid password\r\n"
+#: How long a wrong AUTH waits before its answer, in seconds.
+AUTH_DELAY = 0.5
+#: Longest a TLS client may take for its handshake on the text port, in seconds.
+HANDSHAKE_TIMEOUT = 5.0
 # Pause reading a connection whose queued requests pass this many lines.
 _MAX_QUEUED = 1024
 # The clock of asyncio's loop.time(), called directly: once per request.
@@ -82,6 +92,7 @@ class _Connection(asyncio.Protocol):
         #: connection has proved it is a node).
         self.handlers = server.handlers
         self.reserve = False  # admitted past max_connections: must prove it is a node
+        self.authed = server.password is None
         self.peer: str | None = None  # the node this connection proved it is
         self.challenge: tuple[str, bytes, bytes] | None = None  # a PEER in progress
         self.idle: asyncio.TimerHandle | None = None
@@ -102,7 +113,8 @@ class _Connection(asyncio.Protocol):
                 self.closing = True
                 return
             self.reserve = True
-            self.handlers = {}
+        if self.reserve or not self.authed:
+            self.handlers = {}  # every line goes to _other until it is let in
         server.connections.add(self)
         transport.set_write_buffer_limits(high=HIGH_WATER)
         self._touch()
@@ -260,8 +272,33 @@ class _Connection(asyncio.Protocol):
             out.append(self._hello(words))
         elif first == peering.PROVE and self.challenge is not None:
             out.append(self._prove(words))
+        elif first == _QUIT:
+            out.append(protocol.OK)
+            self.closing = True
+        elif first == _AUTH and self.server.password is not None:
+            self._auth(words, out)
+        elif not self.authed:
+            out.append(_NOAUTH)
         else:
             out.append(protocol.UNKNOWN)
+
+    def _auth(self, words: list[bytes], out: list[bytes]) -> None:
+        """``AUTH <password>``: let the connection in, or answer after a delay."""
+        password = self.server.password
+        assert password is not None
+        if len(words) == 2 and hmac.compare_digest(words[1], password):
+            self._let_in()
+            out.append(protocol.OK)
+            return
+        # A wrong guess costs its sender time, not the node: the connection waits
+        # (its later lines stay queued) while the loop serves everyone else.
+        self.waiting = True
+        self.server.loop.call_later(AUTH_DELAY, self.routed, _BAD_PASSWORD)
+
+    def _let_in(self) -> None:
+        self.authed = True
+        self.reserve = False
+        self.handlers = self.server.handlers
 
     def _hello(self, words: list[bytes]) -> bytes:
         """A node opens a peer link: answer with this node's proof and a challenge."""
@@ -292,8 +329,7 @@ class _Connection(asyncio.Protocol):
             )
             return b"ERROR peer authentication failed\r\n"
         self.peer = name
-        self.reserve = False
-        self.handlers = self.server.handlers
+        self._let_in()
         self.limit = self.server.max_line + PEER_EXTRA
         return protocol.OK
 
@@ -385,7 +421,8 @@ class TextServer:
     Requests for ``registry``'s buckets run on it; the others go through
     ``router``: over peer links to owners that serve text, when the node has the
     cluster's ``secret`` and ``peer_links`` is on, else over Pyro5. Without a
-    secret the server neither accepts nor opens peer links.
+    secret the server neither accepts nor opens peer links. With ``ssl`` the port
+    speaks TLS; with ``password`` a client must send ``AUTH <password>`` first.
     """
 
     def __init__(
@@ -401,6 +438,8 @@ class TextServer:
         peer_links: bool = True,
         secret: bytes | None = None,
         max_message: int = DEFAULT_MAX_MESSAGE,
+        ssl: ssl_module.SSLContext | None = None,
+        password: bytes | None = None,
     ) -> None:
         if router.node is None or router.local is None:
             raise ValueError("a TextServer needs the router of a node (node, local)")
@@ -411,6 +450,7 @@ class TextServer:
             registry
         )
         self.secret = secret
+        self.password = password
         self.max_line = max_line
         self.idle_timeout = idle_timeout
         self.max_connections = max_connections
@@ -424,7 +464,12 @@ class TextServer:
         try:
             self._server = self.loop.run_until_complete(
                 self.loop.create_server(
-                    lambda: _Connection(self), host, port, backlog=1024
+                    lambda: _Connection(self),
+                    host,
+                    port,
+                    backlog=1024,
+                    ssl=ssl,
+                    ssl_handshake_timeout=HANDSHAKE_TIMEOUT if ssl else None,
                 )
             )
         except BaseException:

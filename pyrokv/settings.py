@@ -42,6 +42,7 @@ __all__ = [
     "CONFIG_FLAG",
     "CONFIG_HELP",
     "NS",
+    "PASSWORD_ENV",
     "PYRO5_COMMANDS",
     "SECTIONS",
     "SETTINGS",
@@ -117,6 +118,8 @@ class Setting:
     start_node: bool = False
     #: A value of None means this ``[cluster]`` key's value (a node's own table).
     fallback: str | None = None
+    #: The flag takes no value and turns the setting on (``--listen-tls``).
+    switch: bool = False
 
     @property
     def dest(self) -> str:
@@ -204,6 +207,19 @@ def _show_allow(modules: tuple[str, ...]) -> str:
 
 def _file_or_none(text: str) -> str | None:
     return text or None
+
+
+def _switch(text: str) -> bool:
+    word = text.strip().lower()
+    if word in ("true", "yes", "on", "1"):
+        return True
+    if word in ("false", "no", "off", "0", ""):
+        return False
+    raise ValueError(f"{text!r} is not true or false")
+
+
+def _show_switch(value: bool) -> str:
+    return "true" if value else "false"
 
 
 # -- the table ----------------------------------------------------------------------
@@ -423,6 +439,64 @@ SETTINGS = (
     ),
     Setting(
         "node",
+        "tls_cert",
+        _file_or_none,
+        None,
+        "this node's own certificate (PEM), for Pyro5 and --listen-tls; it names "
+        "the node as the DNS name NAME.pyrokv (see docs/security.md)",
+        unset="[tls] cert",
+        path=True,
+    ),
+    Setting(
+        "node",
+        "tls_key",
+        _file_or_none,
+        None,
+        "the private key of tls_cert (PEM, unencrypted)",
+        unset="[tls] key",
+        path=True,
+    ),
+    Setting(
+        "node",
+        "listen_tls",
+        _switch,
+        False,
+        "serve the text protocol over TLS, with the node's certificate",
+        show=_show_switch,
+        flag="--listen-tls",
+        commands=("node",),
+        switch=True,
+        start_node=True,
+    ),
+    Setting(
+        "node",
+        "listen_tls_verify_client",
+        _switch,
+        False,
+        "with --listen-tls, accept only clients showing a certificate signed by "
+        "the [tls] CA",
+        show=_show_switch,
+        flag="--listen-tls-verify-client",
+        commands=("node",),
+        switch=True,
+        start_node=True,
+    ),
+    Setting(
+        "node",
+        "password_file",
+        _file_or_none,
+        None,
+        "file holding the text port's password: a client sends AUTH PASSWORD first "
+        "(or set $PYROKV_PASSWORD)",
+        flag="--password-file",
+        commands=("node",),
+        metavar="FILE",
+        unset="none",
+        path=True,
+        start_node=True,
+    ),
+    Setting(
+        "node",
         "max_message",
         _positive,
         DEFAULT_MAX_MESSAGE,
@@ -462,7 +536,12 @@ def settings_of(section_name: str) -> tuple[Setting, ...]:
     return tuple(s for s in SETTINGS if s.section == section_name)
 
 
+#: The text port's password itself (not a file), for ``pyrokv node``; it is never
+#: printed, so it is no setting of the file (``password_file`` is).
+PASSWORD_ENV = "PYROKV_PASSWORD"
+
+
 def known_environment() -> tuple[str, ...]:
     """Every ``PYROKV_*`` variable pyrokv reads, sorted."""
-    names = {CONFIG_ENV, NS.env, *(s.env for s in SETTINGS if s.env)}
+    names = {CONFIG_ENV, NS.env, PASSWORD_ENV, *(s.env for s in SETTINGS if s.env)}
     return tuple(sorted(names))

@@ -14,6 +14,7 @@ API. The protocol itself is described in ``docs/protocol.md``.
 from __future__ import annotations
 
 import socket
+import ssl
 import time
 
 from .naming import parse_address
@@ -44,13 +45,24 @@ class Conn:
 
     ``address`` is ``"HOST:PORT"`` or ``(host, port)``. Replies are read as lines
     without their ``\\r\\n``; bytes read past a line are kept for the next read.
+    With ``tls`` (a client context) the connection speaks TLS.
     """
 
-    def __init__(self, address: str | tuple[str, int], timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        address: str | tuple[str, int],
+        timeout: float = 10.0,
+        *,
+        tls: ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
+    ) -> None:
         host, port = parse_address(address) if isinstance(address, str) else address
         self.timeout = timeout
-        self.sock = socket.create_connection((host, port), timeout=timeout)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock = socket.create_connection((host, port), timeout=timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if tls is not None:  # a text port served with --listen-tls
+            sock = tls.wrap_socket(sock, server_hostname=server_hostname or host)
+        self.sock = sock
         self.buffer = b""
 
     def send(self, data: bytes) -> None:

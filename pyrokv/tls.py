@@ -120,6 +120,14 @@ class TLSSettings:
         context.verify_mode = ssl.CERT_REQUIRED
         return context
 
+    def text_context(self, verify_client: bool) -> ssl.SSLContext:
+        """A text port's context (``--listen-tls``): present ``cert``; with
+        ``verify_client``, require a client certificate signed by ``ca``."""
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self._load(context)
+        context.verify_mode = ssl.CERT_REQUIRED if verify_client else ssl.CERT_NONE
+        return context
+
     def client_context(self) -> ssl.SSLContext:
         """A proxy's context: present ``cert``, accept a daemon certified by ``ca``
         for the host it was reached at."""

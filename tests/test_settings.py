@@ -50,6 +50,12 @@ SAMPLES: dict[str, tuple[str, str, str]] = {
     "node.idle_timeout": ("1.5", "2.5", "3.5"),
     "node.workers": ("4", "5", "6"),
     "node.max_message": ("400000", "500000", "600000"),
+    "node.tls_cert": ("/etc/n-a.pem", "/etc/n-b.pem", "/etc/n-c.pem"),
+    "node.tls_key": ("/etc/n-a.key", "/etc/n-b.key", "/etc/n-c.key"),
+    # switches: the flag takes no value and turns the setting on
+    "node.listen_tls": ("true", "true", "true"),
+    "node.listen_tls_verify_client": ("yes", "yes", "yes"),
+    "node.password_file": ("/etc/a.pw", "/etc/b.pw", "/etc/c.pw"),
 }
 
 
@@ -77,7 +83,8 @@ def test_every_setting_has_samples_and_none_is_its_default() -> None:
     for s in SETTINGS:
         values = [value(s, i) for i in range(3)]
         assert s.default not in values, s.dest
-        assert len({s.show(v) for v in values}) == 3, s.dest
+        # a switch has one value besides its default: the one its flag sets
+        assert len({s.show(v) for v in values}) == (1 if s.switch else 3), s.dest
 
 
 def test_every_setting_is_printed_by_pyrokv_config(
@@ -107,7 +114,8 @@ def test_every_flag_is_in_the_help_of_its_commands(
         text = " ".join(capsys.readouterr().out.split())
         here = [s for s in SETTINGS if command in s.commands]
         for s in here:
-            assert f"{s.flag} {s.metavar or s.key.upper()}" in text, s.dest
+            shown = s.flag if s.switch else f"{s.flag} {s.metavar or s.key.upper()}"
+            assert shown in text, s.dest
             assert s.shown_default() in text, s.dest
         for flag in {s.flag for s in SETTINGS} - {s.flag for s in here}:
             assert f"{flag} " not in text, (command, flag)
@@ -120,6 +128,7 @@ def test_every_variable_is_read_and_no_other() -> None:
         "PYROKV_CLUSTER_SECRET_FILE",
         "PYROKV_CONFIG",
         "PYROKV_NS",
+        "PYROKV_PASSWORD",
         "PYROKV_TABLE",
         "PYROKV_TIMEOUT",
     )
@@ -192,7 +201,8 @@ def test_flag_beats_environment_beats_file_beats_default(
         assert from_env.get(target, s.key) == value(s, 1)
         assert from_env.origin(target, s.key) == f"environment {s.env}"
     if s.flag:
-        from_flag = resolve(conf, environ, s.flag, SAMPLES[s.dest][2])
+        given = (s.flag,) if s.switch else (s.flag, SAMPLES[s.dest][2])
+        from_flag = resolve(os.devnull if s.switch else conf, environ, *given)
         expected = value(s, 2)
         if s.adds:  # --allow adds to the file's modules
             expected = (*value(s, 0), *expected[1:])
