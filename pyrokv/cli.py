@@ -121,16 +121,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _nameserver(args: argparse.Namespace, settings: Settings) -> int:
-    import Pyro5.api
-
     from .daemon import make_nameserver
     from .guard import guard_daemons
     from .signals import StopSignals
-    from .wire import setup_pyro
+    from .wire import set_workers, setup_pyro
 
     setup_pyro()
     guard_daemons(settings.get("nameserver", "max_message"), refuse_uris=False)
-    Pyro5.api.config.THREADPOOL_SIZE = settings.get("nameserver", "workers")
+    set_workers(settings.get("nameserver", "workers"))
     tls = _tls(settings)
     host, port = settings.ns
     _warn_if_exposed("the name server", host, tls=tls is not None)

@@ -7,10 +7,13 @@ Pyro5 objects. So, process-wide, for the daemons of ``pyrokv node`` and
 
 - a message larger than ``max_message`` is refused from its header (Pyro5's
   ``MAX_MESSAGE_SIZE``), before its body is read;
-- a body whose structure has more than :data:`MAX_ELEMENTS` separators outside its
-  string literals is refused before it is decoded: decoding costs about 1 KiB of
-  memory and 1.6 µs per element here, so the bound keeps one message under about
-  64 MiB and 100 ms however it is built;
+- a compressed message is refused from its header (pyrokv never compresses, and
+  Pyro5 would inflate it before anything could look at it);
+- a body with more than :data:`MAX_STRUCTURE` bytes outside its string literals is
+  refused before it is decoded: decoding costs at most about 500 bytes of memory
+  per such byte here (a list of zeros, a chain of ``<`` or ``+``), so the bound
+  keeps one message under about 64 MiB and 200 ms however it is built, while a
+  legitimate batch (mostly strings) passes at any size up to ``max_message``;
 - every serializer but serpent is refused (:func:`pyrokv.wire.accept_serpent_only`);
 - a Pyro5 proxy, daemon or serializer object in any message is refused as it is
   decoded (a proxy argument would make the node dial out when it is used), and on
@@ -32,31 +35,31 @@ from typing import Any
 
 from .defaults import DEFAULT_MAX_MESSAGE
 from .errors import TaskArgumentError
+from .logs import RateLimited
 from .table import check_node_name
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE",
-    "MAX_ELEMENTS",
+    "MAX_STRUCTURE",
     "check_args",
     "check_budget",
     "check_items",
     "check_kwargs",
     "check_path",
-    "count_elements",
     "guard_daemons",
+    "structure_size",
 ]
 
 log = logging.getLogger("pyrokv.guard")
 
-#: The most separators (``, [ ( { :``) outside string literals one body may have.
-MAX_ELEMENTS = 64 * 1024
-#: Bodies shorter than this cannot hold MAX_ELEMENTS elements: not scanned.
-_SCAN_FROM = 2 * MAX_ELEMENTS
+#: The most bytes outside string literals one body may have.
+MAX_STRUCTURE = 128 * 1024
 #: The longest path a request may carry (its hop limit is checked by routing).
 MAX_PATH = 64
+#: The longest node name a path may hold.
+MAX_NODE_NAME = 255
 
 _STRINGS = re.compile(rb"'[^'\\]*(?:\\.[^'\\]*)*'|\"[^\"\\]*(?:\\.[^\"\\]*)*\"")
-_SEPARATORS = (b",", b"[", b"(", b"{", b":")
 _REFUSED = ("Pyro5.client.Proxy", "Pyro5.server.Daemon")
 _REFUSED_PREFIXES = ("Pyro5.util.",)
 _decoding_request = threading.local()
@@ -64,10 +67,9 @@ _installed = threading.Lock()
 _done: dict[str, bool] = {}
 
 
-def count_elements(body: bytes) -> int:
-    """Separators outside the string literals of a serpent ``body``: its element count, roughly."""
-    structure = _STRINGS.sub(b"", body)
-    return sum(structure.count(sep) for sep in _SEPARATORS)
+def structure_size(body: bytes) -> int:
+    """Bytes of a serpent ``body`` outside its string literals: what decoding costs."""
+    return len(_STRINGS.sub(b"", body))
 
 
 def guard_daemons(max_message: int = DEFAULT_MAX_MESSAGE, *, refuse_uris: bool) -> None:
@@ -93,24 +95,32 @@ def guard_daemons(max_message: int = DEFAULT_MAX_MESSAGE, *, refuse_uris: bool) 
 
     def recv_stub(connection: Any, accepted_msgtypes: Any = None) -> Any:
         msg = original(connection, accepted_msgtypes)
-        if msg.type in checked and len(msg.data) >= _SCAN_FROM:
-            elements = count_elements(bytes(msg.data))
-            if elements > MAX_ELEMENTS:
-                log.warning(
-                    "refused a Pyro5 message of %d bytes with %d elements (at most "
-                    "%d) from %s",
-                    len(msg.data),
-                    elements,
-                    MAX_ELEMENTS,
-                    getattr(connection, "sock", None) and _peer(connection),
+        if msg.type in checked and len(msg.data) > MAX_STRUCTURE:
+            size = structure_size(bytes(msg.data))
+            if size > MAX_STRUCTURE:
+                _refusals.note(
+                    f"a Pyro5 message with {size} bytes outside its strings (at most "
+                    f"{MAX_STRUCTURE}) from {_peer(connection)}"
                 )
                 raise errors.SecurityError(
-                    f"pyrokv refuses a message of {elements} elements (at most "
-                    f"{MAX_ELEMENTS}): split it into smaller calls"
+                    f"pyrokv refuses a message with {size} bytes outside its strings "
+                    f"(at most {MAX_STRUCTURE}): split it into smaller calls"
                 )
         return msg
 
     protocol.recv_stub = recv_stub
+    header_check = protocol.ReceivingMessage.__init__
+
+    def receiving_message(self: Any, header: Any, payload: Any = None) -> None:
+        header_check(self, header, None)  # Pyro5's own checks: magic, version, size
+        if self.flags & protocol.FLAGS_COMPRESSED:
+            raise errors.SecurityError(
+                "pyrokv refuses compressed messages: turn COMPRESSION off"
+            )
+        if payload is not None:
+            self.add_payload(payload)
+
+    protocol.ReceivingMessage.__init__ = receiving_message
 
     def refuse(classname: str, _data: dict[str, Any]) -> Any:
         raise errors.SecurityError(
@@ -150,6 +160,9 @@ def _uri(classname: str, data: dict[str, Any]) -> Any:
     return uri
 
 
+_refusals = RateLimited(log)
+
+
 def _peer(connection: Any) -> str:
     try:
         return str(connection.sock.getpeername())
@@ -168,25 +181,31 @@ def check_path(path: object) -> list[str]:
             f"{type(path).__name__}"
         )
     try:
-        return [check_node_name(node) for node in path]
+        names = [check_node_name(node) for node in path]
     except Exception:
         raise TaskArgumentError("path must hold node names only") from None
+    if any(len(name) > MAX_NODE_NAME for name in names):
+        raise TaskArgumentError(
+            f"path holds a node name longer than {MAX_NODE_NAME} characters"
+        )
+    return names
 
 
 def check_budget(budget: object) -> float | None:
     """``budget`` as seconds (None: no budget); a finite number that is not negative."""
     if budget is None:
         return None
-    if (
-        isinstance(budget, bool)
-        or not isinstance(budget, (int, float))
-        or not math.isfinite(budget)
-        or budget < 0
-    ):
+    try:
+        if isinstance(budget, bool) or not isinstance(budget, (int, float)):
+            raise TypeError
+        seconds = float(budget)
+    except (TypeError, OverflowError):
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds < 0:
         raise TaskArgumentError(
             f"budget must be a finite number of seconds, not {budget!r:.40}"
         )
-    return float(budget)
+    return seconds
 
 
 def check_args(args: object) -> Sequence[Any]:

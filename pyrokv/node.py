@@ -47,7 +47,7 @@ from .server import TextServer
 from .signals import STOP_SIGNALS, StopSignals
 from .table import RoutingTable, check_node_name
 from .tls import TLSSettings
-from .wire import setup_pyro
+from .wire import set_workers, setup_pyro
 
 log = logging.getLogger("pyrokv.node")
 
@@ -222,7 +222,7 @@ def start_node(
     stale = _refuse_if_live(name, ns, timeout)
     # Pyro5 reads the pool size and message limit from its global config:
     # process-wide.
-    Pyro5.api.config.THREADPOOL_SIZE = workers
+    set_workers(workers)
     Pyro5.api.config.MAX_MESSAGE_SIZE = max_message
     try:
         daemon = make_daemon(host, port, tls)

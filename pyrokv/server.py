@@ -24,6 +24,7 @@ from typing import Any
 from . import peering, protocol
 from .defaults import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_MESSAGE
 from .errors import ProtocolError
+from .logs import RateLimited
 from .peer import PeerLinks
 from .protocol import FORWARD, Handler, Verb
 from .registry import Registry
@@ -39,6 +40,7 @@ __all__ = [
 ]
 
 log = logging.getLogger("pyrokv.server")
+_refused_peers = RateLimited(log)
 
 DEFAULT_MAX_CONNECTIONS = 1000
 #: Threads that make Pyro5 calls for routed text requests (and name-server look-ups).
@@ -64,6 +66,7 @@ _QUIT = b"QUIT"
 _AUTH = b"AUTH"
 _NOAUTH = b"ERROR NOAUTH authentication required\r\n"
 _BAD_PASSWORD = b"ERROR invalid password\r\n"
+_BAD_PROOF = b"ERROR peer authentication failed\r\n"
 #: How long a wrong AUTH waits before its answer, in seconds.
 AUTH_DELAY = 0.5
 #: Longest a TLS client may take for its handshake on the text port, in seconds.
@@ -95,6 +98,8 @@ class _Connection(asyncio.Protocol):
         self.authed = server.password is None
         self.peer: str | None = None  # the node this connection proved it is
         self.challenge: tuple[str, bytes, bytes] | None = None  # a PEER in progress
+        self.peer_tried = False
+        self.closing_after = False  # close once the reply in wait is written
         self.idle: asyncio.TimerHandle | None = None
         self.active = 0.0
 
@@ -268,10 +273,11 @@ class _Connection(asyncio.Protocol):
             self.closing = True
         elif first == FORWARD and self.peer is not None:
             self._forwarded(words, line, out)
-        elif first == peering.PEER and self.server.secret is not None:
+        elif first == peering.PEER and self.server.secret and not self.peer_tried:
+            self.peer_tried = True  # one handshake per connection
             out.append(self._hello(words))
         elif first == peering.PROVE and self.challenge is not None:
-            out.append(self._prove(words))
+            self._prove(words, out)
         elif first == _QUIT:
             out.append(protocol.OK)
             self.closing = True
@@ -315,7 +321,7 @@ class _Connection(asyncio.Protocol):
             node, mine, peering.proof(secret, False, theirs, node, mine)
         )
 
-    def _prove(self, words: list[bytes]) -> bytes:
+    def _prove(self, words: list[bytes], out: list[bytes]) -> None:
         """The opener's answer to the challenge: a node of this cluster, or not."""
         secret = self.server.secret
         assert secret is not None
@@ -323,15 +329,18 @@ class _Connection(asyncio.Protocol):
         name, theirs, mine = self.challenge
         self.challenge = None
         expected = peering.proof(secret, True, mine, name, theirs)
-        if len(words) != 2 or not peering.verify(expected, words[1]):
-            log.warning(
-                "refused a peer link that claimed to be node %r: bad proof", name
-            )
-            return b"ERROR peer authentication failed\r\n"
-        self.peer = name
-        self._let_in()
-        self.limit = self.server.max_line + PEER_EXTRA
-        return protocol.OK
+        if len(words) == 2 and peering.verify(expected, words[1]):
+            self.peer = name
+            self._let_in()
+            self.limit = self.server.max_line + PEER_EXTRA
+            out.append(protocol.OK)
+            return
+        _refused_peers.note(f"a peer link that claimed to be node {name!r}: bad proof")
+        # Like a wrong password: answered late, then the connection is closed, so
+        # guessing costs the guesser time and a new connection per guess.
+        self.waiting = True
+        self.closing_after = True
+        self.server.loop.call_later(AUTH_DELAY, self.routed, _BAD_PROOF)
 
     def _forwarded(self, words: list[bytes], line: bytes, out: list[bytes]) -> None:
         """A ``FWD`` line from another node: decide by this node's table; reply framed."""
@@ -377,6 +386,10 @@ class _Connection(asyncio.Protocol):
         if self.transport is None or self.closing:
             return
         self._write([reply])
+        if self.closing_after:
+            self.closing = True
+            self.transport.close()
+            return
         self._touch()
         self._run()
 

@@ -26,6 +26,7 @@ __all__ = [
     "PEER_IDLE_TIMEOUT",
     "accept_serpent_only",
     "configure_tls",
+    "set_workers",
     "setup_pyro",
     "tls_configured",
 ]
@@ -75,6 +76,17 @@ def setup_pyro() -> None:
         config.MAX_MESSAGE_SIZE = MAX_MESSAGE_SIZE
         register_with_pyro()
         _ready = True
+
+
+def set_workers(count: int) -> None:
+    """Give this process's Pyro5 daemons ``count`` worker threads (process-wide).
+
+    Pyro5 keeps a minimum pool too (``THREADPOOL_SIZE_MIN``, 4 by default), which
+    must not pass the size, or the daemon cannot start.
+    """
+    config = Pyro5.api.config
+    config.THREADPOOL_SIZE = count
+    config.THREADPOOL_SIZE_MIN = min(config.THREADPOOL_SIZE_MIN, count)
 
 
 def accept_serpent_only() -> None:
