@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from functools import partial
+from typing import Any
 
 from benchmarks.harness import (
     GET_LOCAL,
@@ -21,6 +22,7 @@ from benchmarks.harness import (
     Suite,
     hop_bucket,
     pinned,
+    reset_peak,
     rss_kib,
     script,
     text_address,
@@ -29,7 +31,23 @@ from benchmarks.results import Target, keys_name, ratio, spread
 from pyrokv.cluster import spawn_node
 from pyrokv.testing import Conn
 
-__all__ = ["api", "local_get", "memory", "pipelined", "routed_get", "scaling"]
+__all__ = [
+    "api",
+    "hostile",
+    "local_get",
+    "memory",
+    "pipelined",
+    "routed_get",
+    "scaling",
+]
+
+#: The hostile case's attackers: connections sending malformed peer frames, and
+#: connections pipelining GETs of a 60 KiB value without reading.
+MALFORMED_CONNS = 4
+PIPELINED_CONNS = 4
+#: Malformed frames in each write, read back before the next: as many as the
+#: ``pipelined`` case keeps in flight.
+MALFORMED_DEPTH = 16
 
 
 def local_get(suite: Suite, r: int) -> None:
@@ -227,6 +245,75 @@ def scaling(suite: Suite, r: int) -> None:
         add("scaling", f"text GET via h0, {label}, 1 conn", "ops/s", r, rates[hops])
     per_hop = (1 / rates[HOPS] - 1 / rates[1]) / (HOPS - 1) * 1e6
     add("scaling", "µs added per extra hop (1 -> 4)", "µs", r, per_hop)
+
+
+def hostile(suite: Suite, r: int) -> None:
+    """Routed GETs on 8 connections to foo while 8 hostile ones attack it, vs without.
+
+    The malformed frames come :data:`MALFORMED_DEPTH` to a write. A second pair of
+    windows, without a target, repeats the attack with one frame a write: it
+    separates what malformed frames cost from what any pipelining client takes of
+    the node's loop.
+    """
+    add, foo = suite.results.add, suite.addresses["foo"]
+    assert suite.cluster is not None
+    pid = suite.cluster.nodes["foo"].proc.pid
+    peaks: list[float] = []
+
+    def attacked(depth: int, done: list[dict[str, Any]], duration: float) -> float:
+        base = reset_peak(pid)
+        suite.attack(foo, MALFORMED_CONNS, PIPELINED_CONNS, depth)
+        try:
+            return suite.text(foo, GET_ROUTED, 8, duration=duration)
+        finally:
+            done.append(suite.stop_attack())
+            peaks.append((rss_kib(pid, "VmHWM") - base) / 1024)
+
+    calm = partial(suite.text, foo, GET_ROUTED, 8)
+    done: list[dict[str, Any]] = []
+    before, under = suite.pair(r, calm, partial(attacked, MALFORMED_DEPTH, done))
+    once, under_once = suite.pair(r, calm, partial(attacked, 1, []))
+    attackers = MALFORMED_CONNS + PIPELINED_CONNS
+    add("hostile", "pyrokv GET routed, 8 conn", "ops/s", r, before)
+    add("hostile", f"same, {attackers} hostile conns attacking", "ops/s", r, under)
+    add(
+        "hostile",
+        "ratio attacked/unattacked, 8 conn",
+        "x",
+        r,
+        ratio(under, before),
+        Target(">=", 0.5),
+    )
+    add(
+        "hostile",
+        "ratio attacked/unattacked, malformed 1 a write",
+        "x",
+        r,
+        ratio(under_once, once),
+    )
+    seconds = sum(d["seconds"] for d in done)
+    add(
+        "hostile",
+        f"malformed frames answered, {MALFORMED_CONNS} conn, {MALFORMED_DEPTH} a write",
+        "ops/s",
+        r,
+        sum(d["malformed_lines"] for d in done) / seconds,
+    )
+    add(
+        "hostile",
+        f"GETs of 60 KiB written unread, {PIPELINED_CONNS} conn, a window",
+        "MiB",
+        r,
+        sum(d["pipelined_bytes"] for d in done) / len(done) / (1 << 20),
+    )
+    add(
+        "hostile",
+        "hostile conns closed by foo",
+        "count",
+        r,
+        sum(d["reconnects"] for d in done),
+    )
+    add("hostile", "foo peak RSS growth under attack", "MiB", r, max(peaks))
 
 
 def memory(suite: Suite, r: int) -> None:

@@ -26,6 +26,8 @@ from pyrokv.naming import parse_address
 from pyrokv.testing import Conn
 
 __all__ = [
+    "BIG_VALUE",
+    "GET_BIG",
     "GET_LOCAL",
     "GET_ROUTED",
     "HOPS",
@@ -39,6 +41,7 @@ __all__ = [
     "describe_clients",
     "hop_bucket",
     "pinned",
+    "reset_peak",
     "rss_kib",
     "script",
     "text_address",
@@ -50,6 +53,9 @@ GUIDE = "a..m=foo, n..z=bar"
 GET_LOCAL = "GET apple k\r\n"
 GET_ROUTED = "GET zoo k\r\n"
 REPLY = "v\r\nOK\r\n"
+#: The value the hostile case's pipelining attackers GET and never read: 60 KiB.
+BIG_VALUE = 60 * 1024
+GET_BIG = "GET apple big\r\n"
 HOPS = 4
 HOP_NODES = [f"h{i}" for i in range(HOPS + 1)]
 START_TIMEOUT = 60.0
@@ -130,13 +136,30 @@ def text_address(child: Child) -> tuple[str, int]:
     return address
 
 
-def rss_kib(pid: int) -> int:
-    """Resident set size of process ``pid`` in KiB, from /proc/PID/status."""
+def rss_kib(pid: int, field: str = "VmRSS") -> int:
+    """Resident set size of process ``pid`` in KiB, from /proc/PID/status.
+
+    ``field="VmHWM"`` gives its peak instead (see :func:`reset_peak`).
+    """
     with open(f"/proc/{pid}/status") as status:
         for line in status:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1])
-    raise BenchError(f"no VmRSS for process {pid}")
+    raise BenchError(f"no {field} for process {pid}")
+
+
+def reset_peak(pid: int) -> int:
+    """Reset process ``pid``'s peak RSS (VmHWM) to its RSS; return the KiB it starts from.
+
+    Writes 5 to /proc/PID/clear_refs (Linux 4.0 and later). Where that is not
+    allowed, the peak is not reset and the peak so far is returned instead.
+    """
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w") as refs:
+            refs.write("5")
+    except OSError:
+        return rss_kib(pid, "VmHWM")
+    return rss_kib(pid)
 
 
 def client_mode(clients: str, kind: str) -> str:
@@ -222,6 +245,7 @@ class Suite:
         self.echo: tuple[str, int] | None = None
         self.bare_uri = ""
         self.api: Helper | None = None
+        self.attacker: Helper | None = None
 
     def wants(self, *cases: str) -> bool:
         """Whether this run includes any of ``cases``."""
@@ -254,11 +278,13 @@ class Suite:
                 "bare Pyro5 daemon", script("baselines.py"), "pyro", "zoo", "k", "v"
             )
         count = 1 if self.options.clients == "threads" else 8
-        if self.wants("local_get", "routed_get", "pipelined", "scaling"):
+        if self.wants("local_get", "routed_get", "pipelined", "scaling", "hostile"):
             self.workers = [
                 self._helper(f"load client {i}", script("loadgen.py"))
                 for i in range(count)
             ]
+        if self.wants("hostile"):
+            self.attacker = self._helper("attacker", script("loadgen.py"))
         self.cluster = LocalCluster(nodes, extra).start()
         for name, child in self.cluster.nodes.items():
             if name in extra:
@@ -270,6 +296,8 @@ class Suite:
             self.bare_uri = bare.wait_ready().split()[1]
         for worker in self.workers:
             worker.wait_ready()
+        if self.attacker is not None:
+            self.attacker.wait_ready()
         self._fill()
         if self.wants("api", "scaling"):
             self._start_api()
@@ -311,6 +339,10 @@ class Suite:
                 ok * 4,
             )
             conn.expect(GET_LOCAL.encode() + GET_ROUTED.encode(), REPLY.encode() * 2)
+            if self.wants("hostile"):
+                big = b"b" * BIG_VALUE
+                conn.expect(b"PUT apple big %s\r\n" % big, ok)
+                conn.expect(GET_BIG.encode(), big + b"\r\nOK\r\n")
         if "h0" in self.addresses:
             with Conn(self.addresses["h0"], timeout=TEXT_TIMEOUT) as conn:
                 for hops in range(HOPS + 1):
@@ -382,6 +414,31 @@ class Suite:
             "expect": "v",
         }
         return self.load(job, conns, duration)
+
+    def attack(
+        self, address: tuple[str, int], malformed: int, pipelined: int, depth: int
+    ) -> None:
+        """Start the attacker's hostile connections to ``address``; return once all run.
+
+        ``malformed`` connections send ``depth`` malformed peer frames per write and
+        read the replies; ``pipelined`` ones write :data:`GET_BIG` and never read.
+        """
+        assert self.attacker is not None
+        job = {
+            "kind": "attack",
+            "host": address[0],
+            "port": address[1],
+            "malformed": malformed,
+            "depth": depth,
+            "pipelined": pipelined,
+            "request": GET_BIG,
+        }
+        self.attacker.ask(job, timeout=60)
+
+    def stop_attack(self) -> dict[str, Any]:
+        """Stop the hostile connections; what they did (lines answered, bytes sent)."""
+        assert self.attacker is not None
+        return self.attacker.ask({"kind": "stop"}, timeout=60)
 
     def pair(
         self,

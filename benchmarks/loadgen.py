@@ -18,17 +18,45 @@ are not counted. Jobs:
     ``threads`` Pyro5 proxies (one thread each), each reused for every call.
 
 Result: ``{"ops": N, "seconds": T1 - T0}``, or ``{"error": "..."}``.
+
+Two more jobs run hostile connections in the background, for the ``hostile`` case:
+
+``{"kind": "attack", "host": H, "port": P, "malformed": 4, "depth": 16, "pipelined": 4, "request": "GET apple big\\r\\n"}``
+    ``malformed`` connections send peer frames no client may send (``FWD`` with a
+    400-digit budget, bad paths, ``PEER``/``PROVE`` with bad fields or proofs),
+    ``depth`` in each write, reading every reply line before the next write;
+    ``pipelined`` connections write ``request`` (a GET of a large value) as fast
+    as the node takes it and never read. A connection the node closes is opened
+    again. Answered with ``{"attacking": N}`` once every connection is open and
+    has sent its first lines.
+``{"kind": "stop"}``
+    Stops them; answered with ``{"malformed_lines": N, "pipelined_bytes": B,
+    "reconnects": R, "seconds": T}``.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import select
 import socket
 import sys
 import threading
 import time
 import traceback
 from typing import Any
+
+#: Peer frames from a connection that is no peer, each answered with one line.
+MALFORMED = [
+    b"FWD " + b"9" * 400 + b" x GET apple k\r\n",
+    b"FWD 0 bar GET zoo k\r\n",
+    b"FWD -1 ; GET apple k\r\n",
+    b"FWD 1000 \xff\xfe GET apple k\r\n",
+    b"FWD\r\n",
+    b"PEER\r\n",
+    b"PEER bar zz\r\n",
+    b"PROVE 00\r\n",
+]
 
 
 def _text_worker(job: dict[str, Any], counts: list[int], slot: int) -> None:
@@ -122,13 +150,129 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     return {"ops": sum(counts), "seconds": float(job["end"]) - float(job["start"])}
 
 
+class Attack:
+    """Hostile connections running on threads of their own until :meth:`stop`."""
+
+    def __init__(self, job: dict[str, Any]) -> None:
+        self.address = (job["host"], int(job["port"]))
+        self.request = job["request"].encode("latin-1")
+        self.depth = int(job.get("depth", 16))
+        self.stopping = threading.Event()
+        self.lock = threading.Lock()
+        self.counts = {"malformed_lines": 0, "pipelined_bytes": 0, "reconnects": 0}
+        self.errors: list[str] = []
+        roles = [self._malformed] * int(job["malformed"])
+        roles += [self._pipelined] * int(job["pipelined"])
+        self.started = threading.Barrier(len(roles) + 1)
+        self.threads = [
+            threading.Thread(target=self._guarded, args=(r,)) for r in roles
+        ]
+        self.began = time.monotonic()
+        for thread in self.threads:
+            thread.start()
+
+    def wait_started(self, timeout: float = 30.0) -> int:
+        """Wait until every connection has sent its first lines; return their number."""
+        self.started.wait(timeout)
+        return len(self.threads)
+
+    def stop(self) -> dict[str, Any]:
+        """Stop every connection; what they did meanwhile."""
+        self.stopping.set()
+        for thread in self.threads:
+            thread.join(30)
+        if self.errors:
+            return {"error": self.errors[0]}
+        return {**self.counts, "seconds": time.monotonic() - self.began}
+
+    def _count(self, what: str, n: int) -> None:
+        with self.lock:
+            self.counts[what] += n
+
+    def _guarded(self, role: Any) -> None:
+        try:
+            role()
+        except BaseException:
+            self.errors.append(traceback.format_exc())
+            self.started.abort()
+
+    def _connect(self) -> socket.socket:
+        sock = socket.create_connection(self.address, timeout=30)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+
+    def _malformed(self) -> None:
+        # A PEER with good fields is answered with a challenge, and the PROVE after
+        # it fails ("peer authentication failed"): every frame gets one line.
+        nonce = os.urandom(16).hex().encode()
+        frames = [
+            *MALFORMED,
+            b"PEER bar " + nonce + b"\r\n",
+            b"PROVE " + b"0" * 64 + b"\r\n",
+        ]
+        # Every write sends the next ``depth`` frames of the cycle.
+        depth = self.depth
+        cycle = frames * depth
+        bursts = [
+            b"".join(cycle[i : i + depth]) for i in range(0, len(frames) * depth, depth)
+        ]
+        turn = 0
+        first = True
+        while not self.stopping.is_set():
+            with self._connect() as sock:
+                while not self.stopping.is_set():
+                    sock.sendall(bursts[turn])
+                    turn = (turn + 1) % len(bursts)
+                    if first:
+                        first = False
+                        self.started.wait()
+                    replies = b""
+                    data = b"-"
+                    while data and replies.count(b"\r\n") < depth:
+                        data = sock.recv(65536)
+                        replies += data
+                    self._count("malformed_lines", replies.count(b"\r\n"))
+                    if not data:  # closed by the node
+                        self._count("reconnects", 1)
+                        break
+
+    def _pipelined(self) -> None:
+        chunk = self.request * 64
+        first = True
+        while not self.stopping.is_set():
+            with self._connect() as sock:
+                sock.setblocking(False)
+                while not self.stopping.is_set():
+                    try:
+                        sent = sock.send(chunk)
+                    except BlockingIOError:
+                        select.select([], [sock], [], 0.05)
+                        continue
+                    except OSError:  # reset by the node
+                        self._count("reconnects", 1)
+                        break
+                    self._count("pipelined_bytes", sent)
+                    if first:
+                        first = False
+                        self.started.wait()
+
+
 def main() -> int:
     print("READY", flush=True)
+    attack: Attack | None = None
     for line in sys.stdin:
         if not line.strip():
             continue
         try:
-            result = run_job(json.loads(line))
+            job = json.loads(line)
+            if job["kind"] == "attack":
+                attack = Attack(job)
+                result: dict[str, Any] = {"attacking": attack.wait_started()}
+            elif job["kind"] == "stop":
+                assert attack is not None, "stop without an attack"
+                result, attack = attack.stop(), None
+            else:
+                result = run_job(job)
         except BaseException:
             result = {"error": traceback.format_exc()}
         print(json.dumps(result), flush=True)

@@ -37,6 +37,14 @@ Cases (``--only`` takes these names, comma-separated):
 - ``memory``: a node's resident memory for 1,000,000 keys with 10-byte values
   (PUT over the text protocol) vs the same dict-of-dict in a bare Python process,
   both as VmRSS growth from before the fill.
+- ``hostile``: text GET of a bucket owned by the other node (over the peer link),
+  8 connections, with and without 8 hostile connections to the same node from a
+  process of their own: 4 send malformed peer frames (``FWD`` with a 400-digit
+  budget, bad paths, ``PEER``/``PROVE`` with bad fields or proofs), 16 at a time,
+  reading the replies; 4 pipeline GETs of a 60 KiB value and never read. The
+  attackers start before each attacked slice and stop after it; also shown: how
+  fast the malformed frames were answered, what the pipelining ones wrote, and
+  the node's peak RSS growth (VmHWM) while attacked.
 
 Eight connections come, by default (``--clients auto``), from 8 threads of one client
 process for the text protocol and from 8 client processes for Pyro5: on a 2-core
@@ -85,6 +93,7 @@ CASES: dict[str, Callable[[Suite, int], None]] = {
     "api": cases.api,
     "scaling": cases.scaling,
     "memory": cases.memory,
+    "hostile": cases.hostile,
 }
 
 
