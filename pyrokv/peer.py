@@ -75,6 +75,9 @@ class _Link(asyncio.Protocol):
 
     def _owner_proved(self, words: list[bytes]) -> None:
         secret = self.links.secret
+        if b" ".join(words).startswith(b"ERROR too many connections"):
+            # its port is full for the moment: the next request tries again
+            raise ConnectionError("its text port has no room (too many connections)")
         try:
             name, theirs, given = peering.parse_hello(words, with_proof=True)
         except ProtocolError:
@@ -82,7 +85,9 @@ class _Link(asyncio.Protocol):
                 f"it answered PEER with {b' '.join(words)[:60]!r} (no cluster "
                 "secret there, or another one?)"
             ) from None
-        expected = peering.proof(secret, False, self.mine, self.owner, theirs)
+        expected = peering.proof(
+            secret, False, self.mine, self.owner, theirs, _show(self.address)
+        )
         if name != self.owner or not peering.verify(expected, given):
             raise _NotAPeerError(
                 f"the process at {_show(self.address)} could not prove it is node "
@@ -112,7 +117,7 @@ class _Link(asyncio.Protocol):
                 self._replies(data)
             else:
                 self._handshake(data)
-        except _NotAPeerError as exc:
+        except (_NotAPeerError, ConnectionError) as exc:
             self._not_ready(exc)
             self._fail(str(exc))
         except Exception:  # a bug here must fail this link, not the loop

@@ -12,9 +12,13 @@ node's name in the name server cannot pass for that node::
     opener -> owner:  PROVE <proof of the opener>
     owner -> opener:  OK                      (now FWD lines are accepted)
 
-The owner's proof covers nonce A, its name and nonce B; the opener's covers nonce
-B, its name and nonce A; the two roles use different labels, so one cannot be
-replayed as the other. A node with no secret answers ``PEER`` with
+The owner's proof covers nonce A, its name, nonce B and the address of its text
+port; the opener's covers nonce B, its name and nonce A; the two roles use
+different labels, so one cannot be replayed as the other. Because the owner's
+proof names its address, a process that took over the owner's name in the name
+server (and so is dialled at its own address) cannot pass the owner's proof on.
+The frames that follow are not authenticated one by one: a network that can
+rewrite traffic between two nodes' addresses needs TLS (docs/security.md). A node with no secret answers ``PEER`` with
 ``UNKNOWN COMMAND``, like any line it does not know.
 """
 
@@ -56,15 +60,25 @@ def new_nonce() -> bytes:
 
 
 def proof(
-    secret: bytes, opener: bool, challenge: bytes, name: str, nonce: bytes
+    secret: bytes,
+    opener: bool,
+    challenge: bytes,
+    name: str,
+    nonce: bytes,
+    address: str = "",
 ) -> bytes:
     """The proof (hex) that ``name`` holds ``secret``, answering ``challenge``.
 
     ``opener`` says which side proves: the node that opened the link, or the owner
-    of the port. ``nonce`` is the prover's own nonce, bound in as well.
+    of the port. ``nonce`` is the prover's own nonce, bound in as well. The owner
+    binds ``address``, the ``HOST:PORT`` of its text port as it registers it: an
+    opener checks it against the address it dialled, so a process that took over
+    the owner's name cannot relay the owner's proof from another address.
     """
     label = _OPENER if opener else _OWNER
-    message = b"\0".join([label, challenge, name.encode("ascii"), nonce])
+    message = b"\0".join(
+        [label, challenge, name.encode("ascii"), nonce, address.encode("ascii")]
+    )
     return hmac.new(secret, message, hashlib.sha256).hexdigest().encode("ascii")
 
 

@@ -59,6 +59,8 @@ MAX_BLOCKED = 128
 #: Connections a node accepts past max_connections for other nodes: each must
 #: open with PEER, or it is told "too many connections" and closed.
 PEER_RESERVE = 64
+#: Seconds a reserve connection has to prove it is a node before it is closed.
+RESERVE_WAIT = 2.0
 #: How much longer than max_line a peer's line may be: its FWD prefix.
 PEER_EXTRA = 4096
 _TOO_MANY = b"ERROR too many connections, try again later\r\n"
@@ -110,14 +112,14 @@ class _Connection(asyncio.Protocol):
         self.transport = transport
         server = self.server
         if len(server.connections) >= server.max_connections:
-            if server.secret is None or (
-                len(server.connections) >= server.max_connections + PEER_RESERVE
-            ):
+            if server.secret is None or not server.make_room():
                 transport.write(_TOO_MANY)
                 transport.close()
                 self.closing = True
                 return
             self.reserve = True
+            server.reserved[self] = None
+            self.idle = server.loop.call_later(RESERVE_WAIT, self._unproven)
         if self.reserve or not self.authed:
             self.handlers = {}  # every line goes to _other until it is let in
         server.connections.add(self)
@@ -128,6 +130,7 @@ class _Connection(asyncio.Protocol):
         self.closing = True
         self.server.connections.discard(self)
         self.server.blocked.pop(self, None)
+        self.server.reserved.pop(self, None)
         if self.idle is not None:
             self.idle.cancel()
 
@@ -304,7 +307,21 @@ class _Connection(asyncio.Protocol):
     def _let_in(self) -> None:
         self.authed = True
         self.reserve = False
+        self.server.reserved.pop(self, None)
         self.handlers = self.server.handlers
+
+    def _unproven(self) -> None:
+        """A reserve connection that did not prove it is a node in time: out."""
+        self.idle = None
+        if self.reserve:
+            self.server.reserved.pop(self, None)
+            self._refuse()
+
+    def _refuse(self) -> None:
+        self.closing = True
+        if self.transport is not None:
+            self.transport.write(_TOO_MANY)
+            self.transport.close()
 
     def _hello(self, words: list[bytes]) -> bytes:
         """A node opens a peer link: answer with this node's proof and a challenge."""
@@ -318,7 +335,9 @@ class _Connection(asyncio.Protocol):
         self.challenge = (name, theirs, mine)
         node = self.server.node
         return peering.hello(
-            node, mine, peering.proof(secret, False, theirs, node, mine)
+            node,
+            mine,
+            peering.proof(secret, False, theirs, node, mine, self.server.shown),
         )
 
     def _prove(self, words: list[bytes], out: list[bytes]) -> None:
@@ -470,6 +489,8 @@ class TextServer:
         self.connections: set[_Connection] = set()
         #: Connections stopped on unsent replies, oldest first.
         self.blocked: dict[_Connection, None] = {}
+        #: Reserve connections that have not proved they are nodes, oldest first.
+        self.reserved: dict[_Connection, None] = {}
         self.loop = asyncio.new_event_loop()
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=ROUTE_WORKERS, thread_name_prefix="pyrokv-route"
@@ -490,6 +511,8 @@ class TextServer:
             self.loop.close()
             raise
         self.address: tuple[str, int] = self._server.sockets[0].getsockname()[:2]
+        #: The address as registered and dialled: ``HOST:PORT``.
+        self.shown = f"{self.address[0]}:{self.address[1]}"
         pyro = PyroLanes(self.loop, router, self._pool, max_message)
         self.transport: Transport = (
             PeerLinks(
@@ -508,6 +531,19 @@ class TextServer:
             target=self.loop.run_forever, name="pyrokv-text", daemon=True
         )
         self._thread.start()
+
+    def make_room(self) -> bool:
+        """Whether a reserve connection may be admitted: below the reserve, or by
+        closing the oldest reserve connection that has not proved it is a node."""
+        if len(self.connections) < self.max_connections + PEER_RESERVE:
+            return True
+        if not self.reserved:
+            return False  # the reserve is full of proven peers
+        oldest = next(iter(self.reserved))
+        del self.reserved[oldest]
+        oldest._refuse()
+        self.connections.discard(oldest)
+        return True
 
     def block(self, conn: _Connection) -> None:
         """``conn`` stopped on unsent replies; past MAX_BLOCKED, abort the oldest."""
