@@ -20,7 +20,7 @@ from . import peering, protocol
 from .directory import Directory
 from .errors import NodeTimeoutError, NodeUnreachableError, ProtocolError, PyroKVError
 from .routing import inner_budget
-from .transport import Forward, ReplySink, Transport, deliver
+from .transport import Forward, ReplySink, Transport, deliver, reset
 
 __all__ = ["NO_TEXT_RETRY", "PeerLinks"]
 
@@ -122,7 +122,7 @@ class _Link(asyncio.Protocol):
             self._fail(str(exc))
         except Exception:  # a bug here must fail this link, not the loop
             log.exception("peer link to %s failed", self.owner)
-            self._fail("internal error")
+            self._fail_reply(protocol.INTERNAL_ERROR)
 
     def _replies(self, data: bytes) -> None:
         buffer = self.buffer + data if self.buffer else data
@@ -166,10 +166,14 @@ class _Link(asyncio.Protocol):
 
     def _check(self) -> None:
         self.timer = None
-        if self.inflight and self.inflight[0].deadline <= time.monotonic():
-            self._fail_with(NodeTimeoutError.after(self.owner, self.links.timeout))
-        else:
-            self._arm()
+        try:
+            if self.inflight and self.inflight[0].deadline <= time.monotonic():
+                self._fail_with(NodeTimeoutError.after(self.owner, self.links.timeout))
+            else:
+                self._arm()
+        except Exception:  # the requests in flight must still get an answer
+            log.exception("peer link to %s: its timer failed", self.owner)
+            self._fail_reply(protocol.INTERNAL_ERROR)
 
     def _fail(self, why: str) -> None:
         host, port = self.address
@@ -181,6 +185,10 @@ class _Link(asyncio.Protocol):
 
     def _fail_with(self, error: PyroKVError) -> None:
         """Give every request in flight ``error``, and drop this link."""
+        self._fail_reply(protocol.error_reply(error))
+
+    def _fail_reply(self, reply: bytes) -> None:
+        """Give every request in flight ``reply``, and drop this link."""
         if self.failed:
             return
         self.failed = True
@@ -188,9 +196,8 @@ class _Link(asyncio.Protocol):
             self.timer.cancel()
         # A request that timed out may still reach the owner: reset, do not linger.
         if self.transport is not None:
-            self.transport.abort()
+            reset(self.transport)
         self.links.lost(self)
-        reply = protocol.error_reply(error)
         inflight, self.inflight = self.inflight, collections.deque()
         deliver([(item.sink, reply) for item in inflight])
 

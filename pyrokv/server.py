@@ -16,6 +16,7 @@ import collections
 import concurrent.futures
 import hmac
 import logging
+import socket
 import ssl as ssl_module
 import threading
 import time
@@ -30,7 +31,7 @@ from .protocol import FORWARD, Handler, Verb
 from .registry import Registry
 from .router import Router
 from .routing import HERE, Decision, Hop
-from .transport import Forward, PyroLanes, Transport
+from .transport import Forward, PyroLanes, Transport, reset
 
 __all__ = [
     "DEFAULT_IDLE_TIMEOUT",
@@ -48,8 +49,12 @@ ROUTE_WORKERS = 32
 #: Stop answering a connection whose unsent replies pass this many bytes (a client
 #: that pipelines without reading), until they drain; replies are written out every
 #: _FLUSH bytes, so one packet of requests cannot pile up more than that.
-HIGH_WATER = 1 << 20
-_FLUSH = 256 << 10
+HIGH_WATER = 256 << 10
+_FLUSH = 64 << 10
+#: The kernel's send buffer of a client connection (Linux doubles it). Left to
+#: itself it grows to megabytes on loopback, and replies built for a client that
+#: does not read would fill it before HIGH_WATER is ever reached.
+SEND_BUFFER = 128 << 10
 #: A connection whose unsent replies pass this many bytes is aborted.
 HARD_LIMIT = 4 << 20
 #: Connections that may be stopped on unsent replies at once; past this, the one
@@ -64,6 +69,8 @@ RESERVE_WAIT = 2.0
 #: How much longer than max_line a peer's line may be: its FWD prefix.
 PEER_EXTRA = 4096
 _TOO_MANY = b"ERROR too many connections, try again later\r\n"
+#: Stands in the queue for a peer's line that was too long (its first word).
+_LONG = b"\0too-long"
 _QUIT = b"QUIT"
 _AUTH = b"AUTH"
 _NOAUTH = b"ERROR NOAUTH authentication required\r\n"
@@ -123,6 +130,9 @@ class _Connection(asyncio.Protocol):
         if self.reserve or not self.authed:
             self.handlers = {}  # every line goes to _other until it is let in
         server.connections.add(self)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
         transport.set_write_buffer_limits(high=HIGH_WATER)
         self._touch()
 
@@ -136,7 +146,13 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.closing or self.too_long:
-            return
+            if not self.skipping:
+                return
+            end = data.find(b"\n")  # the rest of a peer's line that was too long
+            if end < 0:
+                return
+            data = data[end + 1 :]
+            self.skipping = self.too_long = False
         self.active = _monotonic()  # the loop's clock; see _touch
         if self.idle is None:
             self._touch()
@@ -147,6 +163,10 @@ class _Connection(asyncio.Protocol):
         if len(buffer) > limit and (
             _too_long(self.buffer, limit) or any(_too_long(x, limit) for x in lines)
         ):
+            if self.peer is not None:
+                self._too_long_from_peer(lines, limit)
+                self._run()
+                return
             # Answer what came before the long line, then refuse it and hang up:
             # the rest of that line must never run as commands of its own.
             for line in lines:
@@ -162,6 +182,15 @@ class _Connection(asyncio.Protocol):
         if len(self.queue) > _MAX_QUEUED and not self.paused and self.transport:
             self.transport.pause_reading()
             self.paused = True
+
+    def _too_long_from_peer(self, lines: list[bytes], limit: int) -> None:
+        """A peer's line too long: that request alone is refused (framed), and the
+        link goes on; the rest of a line still arriving is skipped."""
+        self.queue.extend(_LONG if _too_long(line, limit) else line for line in lines)
+        if _too_long(self.buffer, limit):
+            self.queue.append(_LONG)
+            self.buffer = b""
+            self.too_long = self.skipping = True
 
     def pause_writing(self) -> None:
         # The transport's buffer passed HIGH_WATER: stop answering (and reading)
@@ -186,6 +215,7 @@ class _Connection(asyncio.Protocol):
     # -- processing -----------------------------------------------------------
 
     too_long = False
+    skipping = False
     eof = False
 
     def _run(self) -> None:
@@ -247,7 +277,12 @@ class _Connection(asyncio.Protocol):
         """Drop the connection at once, unsent replies and all (a reset, not a close)."""
         self.closing = True
         if self.transport is not None:
-            self.transport.abort()
+            reset(self.transport)
+
+    def failed(self) -> None:
+        """A routed reply could not be handed to this connection: drop it, since it
+        can no longer answer in order."""
+        self._abort()
 
     def _route(
         self,
@@ -266,7 +301,7 @@ class _Connection(asyncio.Protocol):
             out.append(protocol.error_reply(exc))
             return
         assert isinstance(decision, Hop)
-        self._send(words, line, verb, decision, _monotonic() + routing.timeout)
+        self._send(words, line, verb, decision, _monotonic() + routing.timeout, out)
 
     def _other(self, words: list[bytes], line: bytes, out: list[bytes]) -> None:
         """A line that is not a verb this connection may run now."""
@@ -276,6 +311,8 @@ class _Connection(asyncio.Protocol):
             self.closing = True
         elif first == FORWARD and self.peer is not None:
             self._forwarded(words, line, out)
+        elif first == _LONG and self.peer is not None:
+            out.append(protocol.framed(protocol.LINE_TOO_LONG))
         elif first == peering.PEER and self.server.secret and not self.peer_tried:
             self.peer_tried = True  # one handshake per connection
             out.append(self._hello(words))
@@ -380,7 +417,7 @@ class _Connection(asyncio.Protocol):
                 deadline = _monotonic() + server.routing.limit(budget)
                 self.framed = True
                 self._send(
-                    inner, line.split(None, 3)[3], handler[2], decision, deadline
+                    inner, line.split(None, 3)[3], handler[2], decision, deadline, out
                 )
                 return
         except ProtocolError:
@@ -390,11 +427,30 @@ class _Connection(asyncio.Protocol):
         out.append(protocol.framed(reply))
 
     def _send(
-        self, words: list[bytes], line: bytes, verb: Verb, hop: Hop, deadline: float
+        self,
+        words: list[bytes],
+        line: bytes,
+        verb: Verb,
+        hop: Hop,
+        deadline: float,
+        out: list[bytes],
     ) -> None:
-        """Hand a request to the server's transport; this connection waits for it."""
+        """Hand a request to the server's transport; this connection waits for it.
+
+        If the transport fails to take it, the request alone is answered with an
+        internal error, in its place among this connection's replies.
+        """
         self.waiting = True
-        self.server.transport.send(Forward(self, verb, words, line, hop, deadline))
+        try:
+            self.server.transport.send(Forward(self, verb, words, line, hop, deadline))
+        except Exception:
+            log.exception("could not send a request to node %r", hop.owner)
+            self.waiting = False
+            reply = protocol.INTERNAL_ERROR
+            if self.framed:
+                reply = protocol.framed(reply)
+                self.framed = False
+            out.append(reply)
 
     def routed(self, reply: bytes) -> None:
         """The reply of this connection's routed request (called on the loop)."""

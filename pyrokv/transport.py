@@ -18,6 +18,8 @@ import asyncio
 import collections
 import concurrent.futures
 import logging
+import socket
+import struct
 import threading
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
@@ -51,6 +53,9 @@ class ReplySink(Protocol):
     def routed(self, reply: bytes) -> None:
         """Take the reply (called on the event loop)."""
 
+    def failed(self) -> None:
+        """Taking a reply raised: give up on this sink (drop its connection)."""
+
 
 class Forward(NamedTuple):
     """One request on its way to another node (a tuple: one is built per request)."""
@@ -74,12 +79,38 @@ class Transport(Protocol):
 
 
 def deliver(replies: list[tuple[ReplySink, bytes]]) -> None:
-    """Hand each reply to its sink; one sink's failure does not stop the others."""
+    """Hand each reply to its sink; one sink's failure does not stop the others.
+
+    A sink that fails to take its reply can no longer answer in order: it is
+    dropped (``failed``), rather than left waiting for ever.
+    """
     for sink, reply in replies:
         try:
             sink.routed(reply)
         except Exception:
             log.exception("could not deliver a routed reply")
+            try:
+                sink.failed()
+            except Exception:
+                log.exception("could not drop the connection of a failed reply")
+
+
+_LINGER_0 = struct.pack("ii", 1, 0)
+
+
+def reset(transport: asyncio.Transport) -> None:
+    """Close ``transport`` with a reset (RST), dropping whatever it still has to send.
+
+    ``abort()`` alone drops asyncio's buffer but leaves the kernel's: the socket
+    would linger, still sending, to a peer that does not read.
+    """
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_0)
+        except OSError:
+            pass
+    transport.abort()
 
 
 class PyroLanes:
@@ -136,7 +167,11 @@ class PyroLanes:
                     if size > self.max_bytes:
                         break
                     batch.append(pending.popleft())
-            replies = self._send(batch)
+            try:
+                replies = self._send(batch)
+            except Exception:  # every request of the batch still gets an answer
+                log.exception("a call to node %r failed", owner)
+                replies = [(item.sink, protocol.INTERNAL_ERROR) for item in batch]
             try:
                 self.loop.call_soon_threadsafe(deliver, replies)
             except RuntimeError:  # the loop was closed: the server is stopping

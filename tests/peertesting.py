@@ -116,6 +116,12 @@ def load(nodes: Pair, through: str | None = None) -> None:
             assert c.ask(request) == b"OK", request
 
 
+def address_of(conn: Conn) -> str:
+    """``HOST:PORT`` of the text port ``conn`` dialled: what the owner's proof names."""
+    host, port = conn.sock.getpeername()[:2]
+    return f"{host}:{port}"
+
+
 def hello(conn: Conn, claimed: str) -> tuple[bytes, str, bytes, bytes]:
     """Send ``PEER <claimed> <nonce>``; return (our nonce, owner's name, nonce, proof)."""
     mine = peering.new_nonce()
@@ -130,7 +136,8 @@ def prove(conn: Conn, secret: bytes, claimed: str) -> None:
     """Prove on ``conn`` that this is node ``claimed`` of the cluster of ``secret``."""
     mine, owner, theirs, owner_proof = hello(conn, claimed)
     assert peering.verify(
-        peering.proof(secret, False, mine, owner, theirs), owner_proof
+        peering.proof(secret, False, mine, owner, theirs, address_of(conn)),
+        owner_proof,
     ), "the owner's proof does not verify"
     answer = conn.ask(
         peering.prove_line(peering.proof(secret, True, theirs, claimed, mine)).strip()
