@@ -123,7 +123,10 @@ class Routing:
         already (same table, same bucket: it would go round forever) or the request
         would pass the hop limit.
         """
-        return self._choose(self._table.owner(bucket), bucket, path)
+        owner = self._table.owner(bucket)
+        if owner == self.node and self.runs_here:  # the common case, inline
+            return HERE
+        return self._choose(owner, bucket, path)
 
     def _fresh(self, owner: str | None) -> Decision | None:
         if owner is None:
