@@ -69,8 +69,9 @@ RESERVE_WAIT = 2.0
 #: How much longer than max_line a peer's line may be: its FWD prefix.
 PEER_EXTRA = 4096
 _TOO_MANY = b"ERROR too many connections, try again later\r\n"
-#: Stands in the queue for a peer's line that was too long (its first word).
-_LONG = b"\0too-long"
+#: Stands in the queue for a peer's line that was too long: no line from the wire
+#: can be it, since lines are split at this very byte.
+_LONG = b"\n"
 _QUIT = b"QUIT"
 _AUTH = b"AUTH"
 _NOAUTH = b"ERROR NOAUTH authentication required\r\n"
@@ -311,7 +312,7 @@ class _Connection(asyncio.Protocol):
             self.closing = True
         elif first == FORWARD and self.peer is not None:
             self._forwarded(words, line, out)
-        elif first == _LONG and self.peer is not None:
+        elif line == _LONG and self.peer is not None:
             out.append(protocol.framed(protocol.LINE_TOO_LONG))
         elif first == peering.PEER and self.server.secret and not self.peer_tried:
             self.peer_tried = True  # one handshake per connection
