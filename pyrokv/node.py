@@ -9,6 +9,7 @@ unregister, exit.
 from __future__ import annotations
 
 import logging
+import os
 import ssl
 import sys
 import threading
@@ -19,7 +20,7 @@ import Pyro5.api
 import Pyro5.errors
 from Pyro5.api import Proxy
 
-from . import naming, peering
+from . import __version__, naming, peering
 from .daemon import make_daemon
 from .defaults import (
     DEFAULT_ALLOW,
@@ -45,6 +46,7 @@ from .router import Router
 from .runner import TaskRunner
 from .server import TextServer
 from .signals import STOP_SIGNALS, StopSignals
+from .stats import Stats
 from .table import RoutingTable, check_node_name
 from .tls import TLSSettings
 from .wire import set_workers, setup_pyro
@@ -77,6 +79,9 @@ class NodeHandle:
         self.router = router
         self.ns = ns
         self.text: TextServer | None = None
+        self.stats = Stats()
+        runner.describe = self.describe
+        runner.stats = self.stats
         self.uri = daemon.uriFor(naming.tasks_name(name))
         self.registry_uri = daemon.uriFor(naming.registry_name(name))
         self._stopping = threading.Event()
@@ -91,6 +96,23 @@ class NodeHandle:
         self._loop.start()
         self._register(safe=not replace)
         self._keeper.start()
+
+    def describe(self) -> dict[str, Any]:
+        """What :meth:`TaskRunner.info` adds for a running node: its version, pid,
+        uptime, text address and counters (``INFO``, ``pyrokv status``)."""
+        stats = self.stats
+        text = self.text
+        requests = stats.client_requests()
+        return {
+            "pyrokv_version": __version__,
+            "pid": os.getpid(),
+            "uptime_s": round(stats.uptime(), 1),
+            "text": None if text is None else text.shown,
+            "connections": 0 if text is None else len(text.connections),
+            "requests": requests.total(),
+            "routed": sum(stats.routed.values()),
+            "errors": sum(requests.error.values()),
+        }
 
     def _metadata(self) -> set[str]:
         metadata = {naming.NODE_METADATA}
@@ -253,6 +275,7 @@ def start_node(
                 max_message=max_message,
                 ssl=text_tls,
                 password=None if password is None else password.encode("utf-8"),
+                stats=handle.stats,
                 registry=registry,
             )
         except OSError as exc:

@@ -30,10 +30,13 @@ from .errors import BucketNotFoundError, ProtocolError, PyroKVError
 from .table import check_node_name
 
 __all__ = [
+    "BUCKET",
+    "CONNECTION",
     "DEFAULT_MAX_LINE",
     "FORWARD",
     "INTERNAL_ERROR",
     "LINE_TOO_LONG",
+    "NODE",
     "NOT_FOUND",
     "OK",
     "UNKNOWN",
@@ -45,8 +48,11 @@ __all__ = [
     "forward_line",
     "framed",
     "handlers",
+    "info_reply",
+    "keys_reply",
     "parse_forward",
     "parse_line",
+    "pong_reply",
     "reply_for",
     "value_reply",
 ]
@@ -85,20 +91,64 @@ def value_reply(value: Any) -> bytes:
     return data + _LINE_OK
 
 
+def keys_reply(keys: Any) -> bytes:
+    """The reply to KEYS: the number of keys on a line, each key on its own, then OK."""
+    lines = [_text(key) for key in keys]
+    if any(10 in line or 13 in line for line in lines):
+        return (
+            b"ERROR a key holds a line break and cannot be sent as one line; "
+            b"list the keys with the Python client\r\n"
+        )
+    return b"%d\r\n" % len(lines) + b"".join(line + b"\r\n" for line in lines) + OK
+
+
+def info_reply(info: Any) -> bytes:
+    """The reply to INFO: a ``NAME VALUE`` line per field, then OK."""
+    lines = []
+    for name, value in info.items():
+        if isinstance(value, (list, tuple)):
+            text = ",".join(str(item) for item in value)
+        else:
+            text = value if isinstance(value, str) else repr(value)
+        lines.append(f"{name} {' '.join(text.split()) or '-'}\r\n".encode())
+    return b"".join(lines) + OK
+
+
+def pong_reply(_result: Any) -> bytes:
+    """The reply to PING."""
+    return b"PONG\r\n"
+
+
+def _text(value: Any) -> bytes:
+    if type(value) is str:
+        return value.encode("utf-8", "surrogateescape")
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value)
+    return repr(value).encode("utf-8", "backslashreplace")
+
+
+#: What a verb acts on: a bucket (routed to its owner), the node the line reaches,
+#: or the connection itself.
+BUCKET, NODE, CONNECTION = "bucket", "node", "connection"
+
+
 @dataclass(frozen=True)
 class Verb:
     """One verb of the text protocol, declared once.
 
-    ``params`` name the words after the verb (the first is always the bucket, which
-    routes the request); ``task`` is the task function it runs on the bucket's owner,
-    whose name is also the :class:`~pyrokv.Registry` method the task calls;
-    ``reply`` formats the task's result (None: the reply is ``OK``).
+    ``params`` name the words after the verb. A ``bucket`` verb's first word is the
+    bucket, which routes it to its owner; a ``node`` verb is answered by the node
+    the line reaches; a ``connection`` verb by the connection (QUIT, AUTH).
+    ``task`` is the task function a bucket or node verb runs, whose name is also the
+    :class:`~pyrokv.Registry` method a bucket task calls; ``reply`` formats the
+    task's result (None: the reply is ``OK``).
     """
 
     name: bytes
     params: tuple[str, ...]
-    task: Callable[..., Any]
+    task: Callable[..., Any] | None = None
     reply: Callable[[Any], bytes] | None = None
+    scope: str = BUCKET
 
     @property
     def words(self) -> int:
@@ -108,12 +158,19 @@ class Verb:
     @property
     def task_name(self) -> str:
         """The dotted name the task runs under: ``pyrokv.tasks.get``."""
+        assert self.task is not None, f"{self.name!r} runs no task"
         return f"{self.task.__module__}.{self.task.__name__}"
 
     @property
     def method(self) -> str:
         """The :class:`~pyrokv.Registry` method the task calls: ``get``."""
+        assert self.task is not None, f"{self.name!r} runs no task"
         return self.task.__name__
+
+    @property
+    def usage_error(self) -> bytes:
+        """The reply to a line of this verb with the wrong number of words."""
+        return f"ERROR usage: {self.usage}\r\n".encode()
 
     @property
     def usage(self) -> str:
@@ -133,6 +190,11 @@ VERBS: dict[bytes, Verb] = {
         Verb(b"PUT", ("BUCKET", "KEY", "VALUE"), tasks.put),
         Verb(b"GET", ("BUCKET", "KEY"), tasks.get, value_reply),
         Verb(b"DELETE", ("BUCKET", "KEY"), tasks.delete),
+        Verb(b"KEYS", ("BUCKET",), tasks.keys, keys_reply),
+        Verb(b"PING", (), tasks.ping, pong_reply, scope=NODE),
+        Verb(b"INFO", (), tasks.info, info_reply, scope=NODE),
+        Verb(b"QUIT", (), scope=CONNECTION),
+        Verb(b"AUTH", ("PASSWORD",), scope=CONNECTION),
     )
 }
 
@@ -147,10 +209,11 @@ class Command(NamedTuple):
 
 
 def parse_line(line: bytes) -> Command | None:
-    """Parse one request line (without or with its line ending); None if it is not a command."""
+    """Parse one request line for a bucket (without or with its line ending); None
+    if it is not one."""
     words = line.split()
     verb = VERBS.get(words[0]) if words else None
-    if verb is None or len(words) != verb.words:
+    if verb is None or verb.scope != BUCKET or len(words) != verb.words:
         return None
     args = [w.decode("utf-8", "surrogateescape") for w in words[1:]]
     return Command(verb.name, verb.task_name, args[0], args)
@@ -199,6 +262,7 @@ def handlers(registry: Any) -> dict[bytes, tuple[int, Handler, Verb]]:
             verb,
         )
         for verb in VERBS.values()
+        if verb.scope == BUCKET
     }
 
 
@@ -237,6 +301,13 @@ def _handler(
             )
 
         return get2
+    if arity == 1 and reply is not None:
+        answer1 = reply
+
+        def get1(w: list[bytes]) -> bytes:
+            return answer1(method(w[1].decode("utf-8", "surrogateescape")))
+
+        return get1
     if arity == 3 and reply is None:
 
         def run3(w: list[bytes]) -> bytes:

@@ -45,6 +45,18 @@ class Registry:
         """Remove ``key`` from ``bucket``; return its old value, or None if it was missing."""
         return self._bucket(bucket).pop(key, None)
 
+    def keys(self, bucket: str) -> list[Any]:
+        """The keys of ``bucket``, sorted (by their ``repr`` when their types differ)."""
+        found = list(self._bucket(bucket))
+        try:
+            return sorted(found)
+        except TypeError:
+            return sorted(found, key=repr)
+
+    def key_count(self) -> int:
+        """How many keys this node holds, in all its buckets."""
+        return sum(len(bucket) for bucket in list(self._buckets.values()))
+
     def buckets(self) -> list[str]:
         """The names of every bucket on this node, sorted."""
         return sorted(self._buckets, key=repr)

@@ -21,6 +21,7 @@ from Pyro5.api import expose
 from . import guard, tasks
 from .defaults import DEFAULT_ALLOW
 from .errors import NoRouterError, TaskArgumentError, TaskNotAllowedError
+from .stats import Stats
 
 if TYPE_CHECKING:
     from .registry import Registry
@@ -63,10 +64,14 @@ class TaskRunner:
         registry: Registry,
         allow: Iterable[str] = DEFAULT_ALLOW,
     ) -> None:
-        self._context = tasks.TaskContext(node, registry)
+        self._context = tasks.TaskContext(node, registry, lambda: self.info())
         self._allow = frozenset(check_module_name(m) for m in allow)
         self._resolved: dict[str, Callable[..., Any]] = {}
         self.router: Router | None = None
+        #: More of what :meth:`info` says: the node adds its counters and addresses.
+        self.describe: Callable[[], dict[str, Any]] | None = None
+        #: Where requests that arrive over Pyro5 are counted (the node's).
+        self.stats = Stats()
 
     @property
     def node(self) -> str:
@@ -133,14 +138,23 @@ class TaskRunner:
             raise NoRouterError(f"node {self.node!r} has no router to route with")
         if not isinstance(bucket, (str, bytes)) or not isinstance(func, str):
             raise TaskArgumentError("bucket must be text or bytes, func a dotted name")
-        return self.router.forwarded(
-            bucket,
-            func,
-            guard.check_args(args),
-            guard.check_kwargs(kwargs),
-            guard.check_path(path),
-            guard.check_budget(budget),
-        )
+        checked_path = guard.check_path(path)
+        counts = self.stats.peer_requests if checked_path else self.stats.requests
+        name = _label(func)
+        try:
+            result = self.router.forwarded(
+                bucket,
+                func,
+                guard.check_args(args),
+                guard.check_kwargs(kwargs),
+                checked_path,
+                guard.check_budget(budget),
+            )
+        except Exception:
+            counts.error[name] += 1
+            raise
+        counts.ok[name] += 1
+        return result
 
     @_exposed
     def route_batch(
@@ -172,14 +186,22 @@ class TaskRunner:
 
     @_exposed
     def info(self) -> dict[str, Any]:
-        """This node's name, routing table (text form), bucket count and allowlist."""
+        """What this node says about itself (``INFO``, ``pyrokv status``): its name,
+        routing table (text form), buckets, keys and allowlist, and what the node
+        adds through :attr:`describe` (pid, uptime, counters, text address)."""
         router = self.router
-        return {
+        registry = self._context.registry
+        info: dict[str, Any] = {
             "node": self.node,
             "table": router.table.spec() if router is not None else "",
-            "buckets": self._context.registry.count(),
+            "table_version": 0,
+            "buckets": registry.count(),
+            "keys": registry.key_count(),
             "allow": self.allow,
         }
+        if self.describe is not None:
+            info.update(self.describe())
+        return info
 
     def _resolve(self, func: object) -> Callable[..., Any]:
         if not isinstance(func, str) or not _DOTTED.fullmatch(func) or "." not in func:
@@ -207,6 +229,13 @@ class TaskRunner:
             )
         self._resolved[func] = function
         return function
+
+
+def _label(func: str) -> str:
+    """How requests of task ``func`` are counted: the verb (``GET``) for a task of
+    pyrokv.tasks, else the dotted name."""
+    module, _, name = func.rpartition(".")
+    return name.upper() if module == tasks.__name__ else func
 
 
 def _check_arguments(

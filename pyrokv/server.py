@@ -27,10 +27,11 @@ from .defaults import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_MESSAGE
 from .errors import ProtocolError
 from .logs import RateLimited
 from .peer import PeerLinks
-from .protocol import FORWARD, Handler, Verb
+from .protocol import CONNECTION, FORWARD, NODE, VERBS, Handler, Verb
 from .registry import Registry
 from .router import Router
 from .routing import HERE, Decision, Hop
+from .stats import Stats
 from .transport import Forward, PyroLanes, Transport, reset
 
 __all__ = [
@@ -73,7 +74,8 @@ _TOO_MANY = b"ERROR too many connections, try again later\r\n"
 #: can be it, since lines are split at this very byte.
 _LONG = b"\n"
 _QUIT = b"QUIT"
-_AUTH = b"AUTH"
+#: What a connection may send before AUTH, when the node has a password.
+_BEFORE_AUTH = (b"AUTH", b"QUIT")
 _NOAUTH = b"ERROR NOAUTH authentication required\r\n"
 _BAD_PASSWORD = b"ERROR invalid password\r\n"
 _BAD_PROOF = b"ERROR peer authentication failed\r\n"
@@ -109,6 +111,7 @@ class _Connection(asyncio.Protocol):
         self.peer: str | None = None  # the node this connection proved it is
         self.challenge: tuple[str, bytes, bytes] | None = None  # a PEER in progress
         self.peer_tried = False
+        self.sent: tuple[str, float] | None = None  # the routed request in flight
         self.closing_after = False  # close once the reply in wait is written
         self.idle: asyncio.TimerHandle | None = None
         self.active = 0.0
@@ -225,7 +228,7 @@ class _Connection(asyncio.Protocol):
         if transport is None or self.closing:
             return
         out: list[bytes] = []
-        size = 0
+        size = served = 0
         queue = self.queue
         server = self.server
         handlers = self.handlers
@@ -241,10 +244,13 @@ class _Connection(asyncio.Protocol):
             if handler is not None and len(words) == handler[0]:
                 decision = fresh[words[1][0]]  # the routing decision, precomputed
                 if decision is HERE:  # the common case: answered here and now
+                    served += 1
                     try:
                         reply = handler[1](words)
+                        handler[3][0] += 1  # this verb's count: see stats.py
                     except Exception as exc:  # no bucket, bad key: one reply
                         reply = protocol.error_reply(exc)
+                        handler[3][1] += 1
                     out.append(reply)
                     size += len(reply)
                     if size > _FLUSH:  # bound the replies of one packet
@@ -254,11 +260,13 @@ class _Connection(asyncio.Protocol):
                     self._route(words, line, handler[2], decision, out)
             else:
                 self._other(words, line, out)
+        if served:  # one observation for the pass: its requests took this long
+            server.stats.observe(_monotonic() - self.active, served)
         if out:
             self._write(out)
         if self.closing or (self.eof and not queue and not self.waiting):
             if self.blocked:  # it does not read: a close would wait for ever
-                transport.abort()
+                reset(transport)
             else:
                 transport.close()
         elif self.paused and not self.blocked and len(queue) <= _MAX_QUEUED // 2:
@@ -305,7 +313,8 @@ class _Connection(asyncio.Protocol):
         self._send(words, line, verb, decision, _monotonic() + routing.timeout, out)
 
     def _other(self, words: list[bytes], line: bytes, out: list[bytes]) -> None:
-        """A line that is not a verb this connection may run now."""
+        """A line that is not a bucket verb this connection may run now: the node
+        to node protocol, a node or connection verb, or a wrong number of words."""
         first = words[0] if words else b""
         if self.reserve and first not in (peering.PEER, peering.PROVE):
             out.append(_TOO_MANY)
@@ -319,21 +328,47 @@ class _Connection(asyncio.Protocol):
             out.append(self._hello(words))
         elif first == peering.PROVE and self.challenge is not None:
             self._prove(words, out)
-        elif first == _QUIT:
+        else:
+            verb = VERBS.get(first)
+            if verb is None or (not self.authed and verb.name not in _BEFORE_AUTH):
+                out.append(protocol.UNKNOWN if self.authed else _NOAUTH)
+            elif len(words) != verb.words:
+                out.append(verb.usage_error)
+            elif verb.scope == CONNECTION:
+                self._connection_verb(verb, words, out)
+            elif verb.scope == NODE:
+                out.append(self._node_verb(verb))
+            else:  # a bucket verb, and this connection may not run it (yet)
+                out.append(protocol.UNKNOWN)
+
+    def _connection_verb(
+        self, verb: Verb, words: list[bytes], out: list[bytes]
+    ) -> None:
+        if verb.name == _QUIT:
             out.append(protocol.OK)
             self.closing = True
-        elif first == _AUTH and self.server.password is not None:
-            self._auth(words, out)
-        elif not self.authed:
-            out.append(_NOAUTH)
-        else:
+        elif self.server.password is None:  # AUTH with no password set
             out.append(protocol.UNKNOWN)
+        else:
+            self._auth(words, out)
+
+    def _node_verb(self, verb: Verb) -> bytes:
+        """PING, INFO: answered by this node, whatever the table says."""
+        counts = self.server.stats.requests
+        name = verb.name.decode()
+        try:
+            reply = verb.reply_to(self.server.run_task(verb.task_name))
+        except Exception as exc:
+            counts.error[name] += 1
+            return protocol.error_reply(exc)
+        counts.ok[name] += 1
+        return reply
 
     def _auth(self, words: list[bytes], out: list[bytes]) -> None:
         """``AUTH <password>``: let the connection in, or answer after a delay."""
         password = self.server.password
         assert password is not None
-        if len(words) == 2 and hmac.compare_digest(words[1], password):
+        if hmac.compare_digest(words[1], password):
             self._let_in()
             out.append(protocol.OK)
             return
@@ -412,7 +447,13 @@ class _Connection(asyncio.Protocol):
             bucket = inner[1].decode("utf-8", "surrogateescape")
             decision = server.routing.decide(bucket, path)
             if decision is HERE:
-                reply = handler[1](inner)
+                name = handler[2].name.decode()
+                try:
+                    reply = handler[1](inner)
+                except Exception:
+                    server.stats.peer_requests.error[name] += 1
+                    raise
+                server.stats.peer_requests.ok[name] += 1
             else:
                 assert isinstance(decision, Hop)
                 deadline = _monotonic() + server.routing.limit(budget)
@@ -442,6 +483,8 @@ class _Connection(asyncio.Protocol):
         internal error, in its place among this connection's replies.
         """
         self.waiting = True
+        self.sent = (verb.name.decode(), _monotonic())
+        self.server.stats.routed[hop.owner] += 1
         try:
             self.server.transport.send(Forward(self, verb, words, line, hop, deadline))
         except Exception:
@@ -456,6 +499,14 @@ class _Connection(asyncio.Protocol):
     def routed(self, reply: bytes) -> None:
         """The reply of this connection's routed request (called on the loop)."""
         self.waiting = False
+        if self.sent is not None:
+            verb, since = self.sent
+            self.sent = None
+            stats = self.server.stats
+            counts = stats.peer_requests if self.framed else stats.requests
+            failed = reply.startswith(b"ERROR") or reply == protocol.NOT_FOUND
+            (counts.error if failed else counts.ok)[verb] += 1
+            stats.observe(_monotonic() - since)
         if self.framed:
             reply = protocol.framed(reply)
             self.framed = False
@@ -529,15 +580,20 @@ class TextServer:
         max_message: int = DEFAULT_MAX_MESSAGE,
         ssl: ssl_module.SSLContext | None = None,
         password: bytes | None = None,
+        stats: Stats | None = None,
     ) -> None:
         if router.node is None or router.local is None:
             raise ValueError("a TextServer needs the router of a node (node, local)")
         self.router = router
         self.routing = router.routing
         self.node: str = router.node
-        self.handlers: dict[bytes, tuple[int, Handler, Verb]] = protocol.handlers(
-            registry
-        )
+        self.stats = Stats() if stats is None else stats
+        #: word -> (words in its line, handler, verb, its [ok, error] counts): a
+        #: tuple, read once per request on the hot path
+        self.handlers: dict[bytes, tuple[int, Handler, Verb, list[int]]] = {
+            word: (words, handler, verb, self.stats.cell(verb.name.decode()))
+            for word, (words, handler, verb) in protocol.handlers(registry).items()
+        }
         self.secret = secret
         self.password = password
         self.max_line = max_line
@@ -588,6 +644,10 @@ class TextServer:
             target=self.loop.run_forever, name="pyrokv-text", daemon=True
         )
         self._thread.start()
+
+    def run_task(self, name: str) -> Any:
+        """Run task ``name`` (no arguments) on this node (PING, INFO)."""
+        return self.router.local(name, (), None)  # type: ignore[misc]
 
     def make_room(self) -> bool:
         """Whether a reserve connection may be admitted: below the reserve, or by

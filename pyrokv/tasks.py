@@ -9,6 +9,7 @@ do in tests) without a module-level singleton. Call them through
 from __future__ import annotations
 
 import contextvars
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .errors import NotInTaskError
@@ -23,17 +24,22 @@ __all__ = [
     "current",
     "delete",
     "get",
+    "info",
+    "keys",
     "lookup",
     "node_name",
+    "ping",
     "put",
 ]
 
 
 class TaskContext(NamedTuple):
-    """What a task may touch: the name and registry of the node running it."""
+    """What a task may touch: the name and registry of the node running it, and
+    what the node says about itself (``info``)."""
 
     node: str
     registry: Registry
+    info: Callable[[], dict[str, Any]]
 
 
 _current: contextvars.ContextVar[TaskContext] = contextvars.ContextVar("pyrokv_task")
@@ -78,6 +84,21 @@ def put(bucket: str, key: Any, value: Any) -> None:
 def delete(bucket: str, key: Any) -> Any:
     """Remove ``key`` from ``bucket`` on this node; return the old value or None."""
     return current().registry.delete(bucket, key)
+
+
+def keys(bucket: str) -> list[Any]:
+    """The keys of ``bucket`` on this node, sorted."""
+    return current().registry.keys(bucket)
+
+
+def ping() -> str:
+    """``PONG``: the node is there and answering."""
+    return "PONG"
+
+
+def info() -> dict[str, Any]:
+    """What this node says about itself: the fields of the text protocol's INFO."""
+    return current().info()
 
 
 def buckets() -> list[str]:

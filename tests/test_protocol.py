@@ -8,13 +8,17 @@ from hypothesis import strategies as st
 
 from pyrokv import BucketNotFoundError, NodeUnavailableError, NoRouteError
 from pyrokv.protocol import (
+    BUCKET,
+    CONNECTION,
     INTERNAL_ERROR,
+    NODE,
     NOT_FOUND,
     OK,
     VERBS,
     Command,
     error_reply,
     handlers,
+    keys_reply,
     parse_line,
     reply_for,
     value_reply,
@@ -134,7 +138,9 @@ _WORDS = [b"b", b"\xff\xfe", b"v\x00", b"\xc3\xa9", b"\x1c"]
 @st.composite
 def _requests(draw: st.DrawFn) -> tuple[bytes, list[bytes]]:
     """A verb and its words: mostly the right number of them, sometimes not."""
-    verb = draw(st.sampled_from(sorted(VERBS)))
+    verb = draw(
+        st.sampled_from(sorted(w for w, v in VERBS.items() if v.scope == BUCKET))
+    )
     right = len(VERBS[verb].params)
     size = draw(st.sampled_from([right] * 4 + [0, 1, 2, 3, 4]))
     return verb, draw(st.lists(st.sampled_from(_WORDS), min_size=size, max_size=size))
@@ -169,6 +175,8 @@ def test_a_nodes_handlers_answer_as_a_dict_model(
             expected = OK
         elif verb == b"GET":
             expected = value_reply(model[b].get(rest[0]))
+        elif verb == b"KEYS":
+            expected = keys_reply(sorted(model[b]))
         else:
             model[b].pop(rest[0], None)
             expected = OK
@@ -181,15 +189,20 @@ def test_a_nodes_handlers_answer_as_a_dict_model(
 
 
 def test_the_verb_table_names_tasks_and_registry_methods() -> None:
-    """Each verb maps to a task of pyrokv.tasks and the Registry method of the same name."""
-    assert {v.task_name for v in VERBS.values()} == {
-        "pyrokv.tasks.create",
-        "pyrokv.tasks.put",
-        "pyrokv.tasks.get",
-        "pyrokv.tasks.delete",
-    }
-    for verb in VERBS.values():
+    """Each bucket verb maps to a task of pyrokv.tasks and the Registry method of the
+    same name, its bucket first; node verbs run a task; connection verbs none."""
+    bucket = {v.name for v in VERBS.values() if v.scope == BUCKET}
+    assert bucket == {b"CREATE", b"PUT", b"GET", b"DELETE", b"KEYS"}
+    for word in bucket:
+        verb = VERBS[word]
+        assert verb.task_name == f"pyrokv.tasks.{word.decode().lower()}"
         assert callable(getattr(Registry, verb.method))
-        assert verb.usage.split()[0] == verb.name.decode()
         assert verb.params[0] == "BUCKET"
+    for word in (b"PING", b"INFO"):
+        assert VERBS[word].scope == NODE and VERBS[word].params == ()
+    for word in (b"QUIT", b"AUTH"):
+        assert VERBS[word].scope == CONNECTION and VERBS[word].task is None
+    for verb in VERBS.values():
+        assert verb.usage.split()[0] == verb.name.decode()
     assert VERBS[b"PUT"].usage == "PUT BUCKET KEY VALUE"
+    assert VERBS[b"PUT"].usage_error == b"ERROR usage: PUT BUCKET KEY VALUE\r\n"

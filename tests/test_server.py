@@ -123,7 +123,7 @@ def test_guide_transcript_local_and_routed(pair: Pair) -> None:
             assert c.ask("GET apples milk") == b"NOT FOUND"
             assert c.ask("FOO") == b"UNKNOWN COMMAND"
             assert c.ask("") == b"UNKNOWN COMMAND"
-            assert c.ask("GET shopping") == b"UNKNOWN COMMAND"
+            assert c.ask("GET shopping") == b"ERROR usage: GET BUCKET KEY"
             assert c.ask("GET 1abc milk") == (
                 f"ERROR could not find entry for '1abc' in table [a..m -> {pair.a}, n..z -> {pair.b}]{HINT}".encode()
             )
