@@ -85,6 +85,10 @@ AUTH_DELAY = 0.5
 HANDSHAKE_TIMEOUT = 5.0
 # Pause reading a connection whose queued requests pass this many lines.
 _MAX_QUEUED = 1024
+_WAITING, _BLOCKED = 1, 2  # the bits of _Connection.hold
+#: One local request in _SAMPLE + 1 is timed for the latency histogram (and counts
+#: for all of them): a clock read per request would cost more than the request.
+_SAMPLE = 63
 # The clock of asyncio's loop.time(), called directly: once per request.
 _monotonic = time.monotonic
 
@@ -97,11 +101,13 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.buffer = b""
         self.queue: collections.deque[bytes] = collections.deque()
-        self.waiting = False  # a routed request of this connection is in flight
+        #: Why the connection answers no more lines for now: _WAITING (a routed
+        #: request or a delayed reply is in flight), _BLOCKED (its unsent replies
+        #: passed the high-water mark), or both; one int, one check per line.
+        self.hold = 0
         self.framed = False  # ... and it came as FWD: frame its reply
         self.closing = False
         self.paused = False  # reading is paused
-        self.blocked = False  # unsent replies passed the high-water mark
         self.limit = server.max_line
         #: The verbs this connection may run now (none before a reserve
         #: connection has proved it is a node).
@@ -199,14 +205,14 @@ class _Connection(asyncio.Protocol):
     def pause_writing(self) -> None:
         # The transport's buffer passed HIGH_WATER: stop answering (and reading)
         # until it drains.
-        self.blocked = True
+        self.hold |= _BLOCKED
         if self.transport is not None and not self.paused:
             self.transport.pause_reading()
             self.paused = True
         self.server.block(self)
 
     def resume_writing(self) -> None:
-        self.blocked = False
+        self.hold &= ~_BLOCKED
         self.server.blocked.pop(self, None)
         self._run()
 
@@ -228,12 +234,12 @@ class _Connection(asyncio.Protocol):
         if transport is None or self.closing:
             return
         out: list[bytes] = []
-        size = served = 0
+        size = 0
         queue = self.queue
         server = self.server
         handlers = self.handlers
         fresh = server.routing.fresh  # one table for the whole batch
-        while queue and not self.waiting and not self.blocked:
+        while queue and not self.hold:
             line = queue.popleft()
             if self.too_long and not queue:
                 out.append(protocol.LINE_TOO_LONG)
@@ -244,13 +250,17 @@ class _Connection(asyncio.Protocol):
             if handler is not None and len(words) == handler[0]:
                 decision = fresh[words[1][0]]  # the routing decision, precomputed
                 if decision is HERE:  # the common case: answered here and now
-                    served += 1
+                    counts = handler[3]  # this verb's [ok, error]: see stats.py
                     try:
                         reply = handler[1](words)
-                        handler[3][0] += 1  # this verb's count: see stats.py
+                        counts[0] += 1
+                        if not counts[0] & _SAMPLE:  # one in 64 goes to the histogram
+                            server.stats.observe(
+                                _monotonic() - self.active, _SAMPLE + 1
+                            )
                     except Exception as exc:  # no bucket, bad key: one reply
                         reply = protocol.error_reply(exc)
-                        handler[3][1] += 1
+                        counts[1] += 1
                     out.append(reply)
                     size += len(reply)
                     if size > _FLUSH:  # bound the replies of one packet
@@ -260,16 +270,18 @@ class _Connection(asyncio.Protocol):
                     self._route(words, line, handler[2], decision, out)
             else:
                 self._other(words, line, out)
-        if served:  # one observation for the pass: its requests took this long
-            server.stats.observe(_monotonic() - self.active, served)
-        if out:
-            self._write(out)
-        if self.closing or (self.eof and not queue and not self.waiting):
-            if self.blocked:  # it does not read: a close would wait for ever
+        if out:  # written here, not through _write: this is once per request
+            transport.write(out[0] if len(out) == 1 else b"".join(out))
+            if self.hold & _BLOCKED and transport.get_write_buffer_size() > HARD_LIMIT:
+                self._abort()
+        if self.closing or (self.eof and not queue and not self.hold & _WAITING):
+            if self.hold & _BLOCKED:  # it does not read: a close would wait for ever
                 reset(transport)
             else:
                 transport.close()
-        elif self.paused and not self.blocked and len(queue) <= _MAX_QUEUED // 2:
+        elif (
+            self.paused and not self.hold & _BLOCKED and len(queue) <= _MAX_QUEUED // 2
+        ):
             self.paused = False
             transport.resume_reading()
 
@@ -279,7 +291,7 @@ class _Connection(asyncio.Protocol):
         assert transport is not None
         transport.write(out[0] if len(out) == 1 else b"".join(out))
         out.clear()
-        if self.blocked and transport.get_write_buffer_size() > HARD_LIMIT:
+        if self.hold & _BLOCKED and transport.get_write_buffer_size() > HARD_LIMIT:
             self._abort()
 
     def _abort(self) -> None:
@@ -374,7 +386,7 @@ class _Connection(asyncio.Protocol):
             return
         # A wrong guess costs its sender time, not the node: the connection waits
         # (its later lines stay queued) while the loop serves everyone else.
-        self.waiting = True
+        self.hold |= _WAITING
         self.server.loop.call_later(AUTH_DELAY, self.routed, _BAD_PASSWORD)
 
     def _let_in(self) -> None:
@@ -430,7 +442,7 @@ class _Connection(asyncio.Protocol):
         _refused_peers.note(f"a peer link that claimed to be node {name!r}: bad proof")
         # Like a wrong password: answered late, then the connection is closed, so
         # guessing costs the guesser time and a new connection per guess.
-        self.waiting = True
+        self.hold |= _WAITING
         self.closing_after = True
         self.server.loop.call_later(AUTH_DELAY, self.routed, _BAD_PROOF)
 
@@ -482,14 +494,14 @@ class _Connection(asyncio.Protocol):
         If the transport fails to take it, the request alone is answered with an
         internal error, in its place among this connection's replies.
         """
-        self.waiting = True
+        self.hold |= _WAITING
         self.sent = (verb.name.decode(), _monotonic())
         self.server.stats.routed[hop.owner] += 1
         try:
             self.server.transport.send(Forward(self, verb, words, line, hop, deadline))
         except Exception:
             log.exception("could not send a request to node %r", hop.owner)
-            self.waiting = False
+            self.hold &= ~_WAITING
             reply = protocol.INTERNAL_ERROR
             if self.framed:
                 reply = protocol.framed(reply)
@@ -498,7 +510,7 @@ class _Connection(asyncio.Protocol):
 
     def routed(self, reply: bytes) -> None:
         """The reply of this connection's routed request (called on the loop)."""
-        self.waiting = False
+        self.hold &= ~_WAITING
         if self.sent is not None:
             verb, since = self.sent
             self.sent = None
@@ -533,7 +545,7 @@ class _Connection(asyncio.Protocol):
     def _expire(self) -> None:
         loop = self.server.loop
         due = self.active + self.server.idle_timeout
-        if self.waiting or due > loop.time():
+        if self.hold & _WAITING or due > loop.time():
             # active since the timer was set, or a routed request is still running
             # (it has its own timeout): look again later
             self.idle = loop.call_at(max(due, loop.time() + 1.0), self._expire)
