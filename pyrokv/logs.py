@@ -1,4 +1,5 @@
-"""Logging helpers: warnings about hostile or broken peers, at a bounded rate."""
+"""Logging: how the long-running commands log (:func:`configure`), and warnings
+about hostile or broken peers at a bounded rate (:class:`RateLimited`)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import logging
 import threading
 import time
 
-__all__ = ["RateLimited"]
+__all__ = ["LEVELS", "RateLimited", "configure"]
 
 
 class RateLimited:
@@ -30,3 +31,39 @@ class RateLimited:
             quiet, self._quiet, self._last = self._quiet, 0, now
         more = f" (and {quiet} more since the last such warning)" if quiet else ""
         self.log.warning("refused %s%s", what, more)
+
+
+#: The levels ``--log-level`` takes.
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+_FORMAT = "%(asctime)s %(levelname)s %(who)s %(name)s: %(message)s"
+
+
+def configure(level: str = "INFO", who: str = "-") -> None:
+    """Log to stderr at ``level``, one line per event: time, level, who (the node's
+    name, ``nameserver`` or ``up``), logger and message. For the long-running
+    commands (``pyrokv node``, ``nameserver``, ``up``); library code only logs.
+    """
+    if level.upper() not in LEVELS:
+        raise ValueError(
+            f"{level!r} is not a log level: use one of {', '.join(LEVELS)}"
+        )
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter(_FORMAT, "%Y-%m-%dT%H:%M:%S"))
+    handler.addFilter(_Who(who))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    # Pyro5 logs every connection at INFO; its warnings still come through.
+    logging.getLogger("Pyro5").setLevel(max(logging.WARNING, root.level))
+
+
+class _Who(logging.Filter):
+    def __init__(self, who: str) -> None:
+        super().__init__()
+        self.who = who
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.who = self.who
+        return True

@@ -218,6 +218,7 @@ def start_node(
     listen_tls_verify_client: bool = False,
     password_file: str | None = None,
     password: str | None = None,
+    metrics: tuple[str, int] | None = None,
 ) -> NodeHandle:
     """Start node ``name`` in this process and register it; return its handle.
 

@@ -33,6 +33,7 @@ from .defaults import (
     DEFAULT_TIMEOUT,
     DEFAULT_WORKERS,
 )
+from .logs import LEVELS
 from .naming import parse_address, parse_port
 from .runner import check_module_name
 from .table import RoutingTable
@@ -209,6 +210,13 @@ def _file_or_none(text: str) -> str | None:
     return text or None
 
 
+def _log_level(text: str) -> str:
+    level = text.strip().upper()
+    if level not in LEVELS:
+        raise ValueError(f"{text!r} is not a log level: use one of {', '.join(LEVELS)}")
+    return level
+
+
 def _switch(text: str) -> bool:
     word = text.strip().lower()
     if word in ("true", "yes", "on", "1"):
@@ -337,6 +345,18 @@ SETTINGS = (
         unset="none",
         path=True,
         start_node=True,
+    ),
+    Setting(
+        "cluster",
+        "log_level",
+        _log_level,
+        "INFO",
+        "how much pyrokv node, nameserver and up log to stderr: DEBUG, INFO, "
+        "WARNING or ERROR",
+        flag="--log-level",
+        commands=("node", "nameserver", "up"),
+        env="PYROKV_LOG_LEVEL",
+        metavar="LEVEL",
     ),
     _tls_file("cert", "this process's certificate (PEM)"),
     _tls_file("key", "its private key (PEM, unencrypted)"),
@@ -493,6 +513,20 @@ SETTINGS = (
         metavar="FILE",
         unset="none",
         path=True,
+        start_node=True,
+    ),
+    Setting(
+        "node",
+        "metrics",
+        _address_or_none,
+        None,
+        "serve Prometheus metrics over HTTP at http://HOST:PORT/metrics (needs "
+        "pip install 'pyrokv[metrics]')",
+        show=_show_address,
+        flag="--metrics",
+        commands=("node",),
+        metavar="HOST:PORT",
+        unset="off",
         start_node=True,
     ),
     Setting(

@@ -38,6 +38,7 @@ SAMPLES: dict[str, tuple[str, str, str]] = {
     "cluster.timeout": ("2.5", "3", "4"),
     "cluster.hop_limit": ("3", "4", "5"),
     "cluster.secret_file": ("/etc/a.secret", "/etc/b.secret", "/etc/c.secret"),
+    "cluster.log_level": ("DEBUG", "WARNING", "ERROR"),
     "tls.cert": ("/etc/a.pem", "/etc/b.pem", "/etc/c.pem"),
     "tls.key": ("/etc/a.key", "/etc/b.key", "/etc/c.key"),
     "tls.ca": ("/etc/ca-a.pem", "/etc/ca-b.pem", "/etc/ca-c.pem"),
@@ -50,6 +51,7 @@ SAMPLES: dict[str, tuple[str, str, str]] = {
     "node.idle_timeout": ("1.5", "2.5", "3.5"),
     "node.workers": ("4", "5", "6"),
     "node.max_message": ("400000", "500000", "600000"),
+    "node.metrics": ("127.0.0.1:9101", "127.0.0.1:9102", "127.0.0.1:9103"),
     "node.tls_cert": ("/etc/n-a.pem", "/etc/n-b.pem", "/etc/n-c.pem"),
     "node.tls_key": ("/etc/n-a.key", "/etc/n-b.key", "/etc/n-c.key"),
     # switches: the flag takes no value and turns the setting on
@@ -127,6 +129,7 @@ def test_every_variable_is_read_and_no_other() -> None:
     assert known_environment() == (
         "PYROKV_CLUSTER_SECRET_FILE",
         "PYROKV_CONFIG",
+        "PYROKV_LOG_LEVEL",
         "PYROKV_NS",
         "PYROKV_PASSWORD",
         "PYROKV_TABLE",
