@@ -21,6 +21,7 @@ import Pyro5.errors
 from Pyro5.api import Proxy
 
 from . import __version__, naming, peering
+from . import metrics as metrics_module
 from .daemon import make_daemon
 from .defaults import (
     DEFAULT_ALLOW,
@@ -79,6 +80,7 @@ class NodeHandle:
         self.router = router
         self.ns = ns
         self.text: TextServer | None = None
+        self.metrics: metrics_module.MetricsServer | None = None
         self.stats = Stats()
         runner.describe = self.describe
         runner.stats = self.stats
@@ -176,6 +178,8 @@ class NodeHandle:
         self._stopping.set()
         if self.text is not None:
             self.text.stop()
+        if self.metrics is not None:
+            self.metrics.stop()
         host, port = self.ns
         try:
             with naming.ns_proxy(host, port, 2.0) as ns:
@@ -234,6 +238,8 @@ def start_node(
     setup_pyro()
     check_node_name(name)
     text_tls = _text_tls(listen, tls, listen_tls, listen_tls_verify_client)
+    if metrics is not None:
+        metrics_module.check_available()
     if password_file is not None:
         password = read_password(password_file)
     secret = None if secret_file is None else peering.read_secret(secret_file)
@@ -287,6 +293,16 @@ def start_node(
                 "using that port? pick another with --listen, or as listen under "
                 f"[node {name}] in the config file)"
             ) from None
+    if metrics is not None:
+        try:
+            handle.metrics = metrics_module.serve_metrics(
+                metrics, handle.stats, runner.info
+            )
+        except BaseException:
+            if handle.text is not None:
+                handle.text.stop()
+            daemon.close()
+            raise
     try:
         handle._start(replace=stale)
     except Pyro5.errors.NamingError:
@@ -380,6 +396,9 @@ def serve_node(
         if handle.text is not None:
             host, port = handle.text.address
             print(f"LISTEN {name} {host}:{port}", flush=True)
+        if handle.metrics is not None:
+            host, port = handle.metrics.address
+            print(f"METRICS {name} {host}:{port}", flush=True)
         print(f"READY {name} {handle.uri}", flush=True)
         signals.wait()
     print(f"STOPPED {name}", file=sys.stderr, flush=True)
