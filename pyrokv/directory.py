@@ -11,6 +11,7 @@ stale. Failures of the name server itself become pyrokv errors here.
 from __future__ import annotations
 
 import itertools
+import logging
 import threading
 import time
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ from .errors import (
 )
 
 __all__ = ["Directory", "Entry"]
+
+log = logging.getLogger("pyrokv.directory")
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +51,7 @@ class Directory:
         self._text: dict[str, tuple[str, int] | None] = {}
         self._epochs = itertools.count(1)
         self._lock = threading.Lock()
+        self._down: set[str] = set()
 
     def cached(self, node: str) -> Entry | None:
         """The cached entry of ``node``, without asking the name server."""
@@ -104,6 +108,24 @@ class Directory:
     def forget_text(self, node: str) -> None:
         """Drop ``node``'s cached text address: its peer link failed."""
         self._text.pop(node, None)
+
+    def mark_down(self, node: str, why: object) -> None:
+        """A request to ``node`` failed: log it once per outage, not per request."""
+        with self._lock:
+            if node in self._down:
+                return
+            self._down.add(node)
+        log.warning("node %r is unreachable: %s", node, why)
+
+    def mark_up(self, node: str) -> None:
+        """``node`` answered: log that it is back if it was down."""
+        if node not in self._down:  # the common case: no lock
+            return
+        with self._lock:
+            if node not in self._down:
+                return
+            self._down.discard(node)
+        log.info("node %r is reachable again", node)
 
     def clear(self) -> None:
         """Forget every node."""

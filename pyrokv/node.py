@@ -97,6 +97,16 @@ class NodeHandle:
     def _start(self, replace: bool) -> None:
         self._loop.start()
         self._register(safe=not replace)
+        host, port = self.ns
+        text = "" if self.text is None else f", text protocol at {self.text.shown}"
+        log.info(
+            "node %r serving Pyro5 at %s%s; registered with the name server at %s:%d",
+            self.name,
+            self.uri.location,
+            text,
+            host,
+            port,
+        )
         self._keeper.start()
 
     def describe(self) -> dict[str, Any]:
@@ -141,6 +151,7 @@ class NodeHandle:
             naming.tasks_name(self.name): str(self.uri),
             naming.registry_name(self.name): str(self.registry_uri),
         }
+        ns_down = False
         while not self._stopping.wait(REREGISTER_INTERVAL):
             try:
                 with naming.ns_proxy(host, port, self.router.timeout) as ns:
@@ -156,6 +167,9 @@ class NodeHandle:
                     or str(found[name][0]) != uri
                     or set(found[name][1]) != metadata
                 ]
+                if ns_down:
+                    ns_down = False
+                    log.info("the name server at %s:%d answers again", host, port)
                 if not wrong:
                     continue
                 for name, entry in wrong:
@@ -168,14 +182,25 @@ class NodeHandle:
                             sorted(entry[1]),
                         )
                 self._register(safe=False)
-            except Pyro5.errors.PyroError:
-                continue  # name server down: keep serving, try again later
+                log.info("node %r registered again with the name server", self.name)
+            except Pyro5.errors.PyroError as exc:
+                if not ns_down:  # once per outage
+                    ns_down = True
+                    log.warning(
+                        "cannot reach the name server at %s:%d (%s): serving on, "
+                        "registering again when it is back",
+                        host,
+                        port,
+                        exc,
+                    )
+                continue
 
     def stop(self) -> None:
         """Unregister (if the name server still points at us), stop serving, close."""
         if self._stopping.is_set():
             return
         self._stopping.set()
+        log.info("node %r stopping", self.name)
         if self.text is not None:
             self.text.stop()
         if self.metrics is not None:

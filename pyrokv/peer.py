@@ -197,7 +197,7 @@ class _Link(asyncio.Protocol):
         # A request that timed out may still reach the owner: reset, do not linger.
         if self.transport is not None:
             reset(self.transport)
-        self.links.lost(self)
+        self.links.lost(self, reply.decode("utf-8", "replace").strip())
         inflight, self.inflight = self.inflight, collections.deque()
         deliver([(item.sink, reply) for item in inflight])
 
@@ -290,6 +290,9 @@ class PeerLinks:
         lane.connecting = False
         queued, lane.queued = lane.queued, []
         link = lane.link
+        if link is not None:
+            log.info("peer link to node %r at %s is up", owner, _show(link.address))
+            self.directory.mark_up(owner)
         if link is None:
             self.directory.forget_text(owner)
             if why:  # a link cannot be had for a while: do not ask per request
@@ -322,11 +325,13 @@ class PeerLinks:
             link._replies(b"")
         return link
 
-    def lost(self, link: _Link) -> None:
+    def lost(self, link: _Link, why: str = "") -> None:
         """A link failed: forget it and the owner's address (it may have moved)."""
         lane = self.lanes.get(link.owner)
         if lane is not None and lane.link is link:
             lane.link = None
+            if link.ready.done() and not link.ready.exception():
+                log.warning("peer link to node %r is down: %s", link.owner, why)
         self.directory.forget_text(link.owner)
 
     def close(self) -> None:

@@ -176,10 +176,13 @@ class ProxyPool:
             proxy = self.proxy(owner, deadline)
             proxy._pyroTimeout = max(deadline - time.monotonic(), 0.001)
             try:
-                return send(proxy, inner)
+                result = send(proxy, inner)
+                self.directory.mark_up(owner)
+                return result
             except Pyro5.errors.CommunicationError as exc:
                 location = proxy._pyroUri.location
                 error = translate(exc, owner, limit=limit, location=location)
+                self.directory.mark_down(owner, error)
                 if not isinstance(error, UndecodableReplyError):
                     self.directory.forget(owner)
                 if (
