@@ -14,7 +14,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from . import __version__
+from . import __version__, logs
 from .config import Settings
 from .errors import ConfigError, ListenError, PyroKVError
 from .flags import add_setting_flags, settings_for
@@ -127,6 +127,7 @@ def _nameserver(args: argparse.Namespace, settings: Settings) -> int:
     from .wire import set_workers, setup_pyro
 
     setup_pyro()
+    logs.configure(settings.get("cluster", "log_level"), "nameserver")
     guard_daemons(settings.get("nameserver", "max_message"), refuse_uris=False)
     set_workers(settings.get("nameserver", "workers"))
     tls = _tls(settings)
@@ -156,6 +157,7 @@ def _nameserver(args: argparse.Namespace, settings: Settings) -> int:
 def _node(args: argparse.Namespace, settings: Settings) -> int:
     from .node import serve_node
 
+    logs.configure(settings.get("cluster", "log_level"), args.name)
     options = settings.node_options(args.name)
     _check_node_host(args.name, options["host"], settings.ns_host)
     password = os.environ.get(PASSWORD_ENV)
@@ -302,6 +304,7 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
 def _up(args: argparse.Namespace, settings: Settings) -> int:
     from .launch import run_up
 
+    logs.configure(settings.get("cluster", "log_level"), "up")
     return run_up(settings)
 
 

@@ -55,8 +55,12 @@ def configure(level: str = "INFO", who: str = "-") -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
-    # Pyro5 logs every connection at INFO; its warnings still come through.
-    logging.getLogger("Pyro5").setLevel(max(logging.WARNING, root.level))
+    # Pyro5 logs every connection, and every failed connect as an ERROR: one line
+    # per request while a node is down. pyrokv logs those events itself, once per
+    # outage; Pyro5's own lines show at DEBUG only.
+    logging.getLogger("Pyro5").setLevel(
+        logging.DEBUG if root.level <= logging.DEBUG else logging.CRITICAL
+    )
 
 
 class _Who(logging.Filter):

@@ -185,6 +185,8 @@ class _Link(asyncio.Protocol):
 
     def _fail_with(self, error: PyroKVError) -> None:
         """Give every request in flight ``error``, and drop this link."""
+        if not self.failed and self.ready.done():
+            self.links.directory.mark_down(self.owner, error)
         self._fail_reply(protocol.error_reply(error))
 
     def _fail_reply(self, reply: bytes) -> None:

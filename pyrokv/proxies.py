@@ -236,6 +236,7 @@ class ProxyPool:
                 location=entry.uri.location,
                 connecting=True,
             )
+            self.directory.mark_down(owner, error)
             if fresh or not isinstance(error, NodeUnreachableError):
                 raise error from exc
             # The cached address may be from before a restart: look it up again.
