@@ -10,6 +10,7 @@ in benchmarks/README.md.
 from __future__ import annotations
 
 import time
+import urllib.request
 from functools import partial
 from typing import Any
 
@@ -395,3 +396,30 @@ def dict_memory(count: int) -> tuple[int, int]:
     finally:
         helper.stop()
     return after - before, after
+
+
+def metrics(suite: Suite, r: int) -> None:
+    """Local GET over 8 connections on a node with --metrics (scraped once a round)
+    against the same on foo, without; run it with --rounds 5 for its target."""
+    add = suite.results.add
+    assert suite.cluster is not None
+    met = suite.cluster.nodes["met"]
+    line = next(x for x in met.lines if x.startswith("METRICS "))
+    with urllib.request.urlopen(f"http://{line.split()[2]}/metrics", timeout=10) as got:
+        scraped = got.read()
+    on, off = suite.pair(
+        r,
+        partial(suite.text, suite.addresses["met"], GET_LOCAL, 8),
+        partial(suite.text, suite.addresses["foo"], GET_LOCAL, 8),
+    )
+    add("metrics", "pyrokv GET local, 8 conn, --metrics", "ops/s", r, on)
+    add("metrics", "pyrokv GET local, 8 conn, no metrics", "ops/s", r, off)
+    add(
+        "metrics",
+        "ratio with/without metrics, 8 conn",
+        "x",
+        r,
+        ratio(on, off),
+        Target(">=", 0.95),
+    )
+    add("metrics", "size of a scrape", "bytes", r, len(scraped))

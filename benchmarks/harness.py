@@ -267,6 +267,10 @@ class Suite:
                 # every hop serves the text protocol, so requests travel the way
                 # they do in a cluster started by `pyrokv up`: over peer links
                 extra[name] = ["--listen", "127.0.0.1:0"]
+        if self.wants("metrics"):
+            # a node like foo, owning every bucket it is asked for, with metrics on
+            nodes["met"] = "0..255=met"
+            extra["met"] = ["--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0"]
         # Baselines and load clients start while the cluster does.
         echo = bare = None
         if self.wants("local_get", "pipelined"):
@@ -278,7 +282,9 @@ class Suite:
                 "bare Pyro5 daemon", script("baselines.py"), "pyro", "zoo", "k", "v"
             )
         count = 1 if self.options.clients == "threads" else 8
-        if self.wants("local_get", "routed_get", "pipelined", "scaling", "hostile"):
+        if self.wants(
+            "local_get", "routed_get", "pipelined", "scaling", "hostile", "metrics"
+        ):
             self.workers = [
                 self._helper(f"load client {i}", script("loadgen.py"))
                 for i in range(count)
@@ -343,6 +349,10 @@ class Suite:
                 big = b"b" * BIG_VALUE
                 conn.expect(b"PUT apple big %s\r\n" % big, ok)
                 conn.expect(GET_BIG.encode(), big + b"\r\nOK\r\n")
+        if "met" in self.addresses:
+            with Conn(self.addresses["met"], timeout=TEXT_TIMEOUT) as conn:
+                conn.expect(b"CREATE apple\r\nPUT apple k v\r\n", b"OK\r\n" * 2)
+                conn.expect(GET_LOCAL.encode(), REPLY.encode())
         if "h0" in self.addresses:
             with Conn(self.addresses["h0"], timeout=TEXT_TIMEOUT) as conn:
                 for hops in range(HOPS + 1):

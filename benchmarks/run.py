@@ -45,6 +45,9 @@ Cases (``--only`` takes these names, comma-separated):
   attackers start before each attacked slice and stop after it; also shown: how
   fast the malformed frames were answered, what the pipelining ones wrote, and
   the node's peak RSS growth (VmHWM) while attacked.
+- ``metrics``: text GET on the owner over 8 connections, a node with ``--metrics``
+  (scraped once a round) against foo without; target >= 0.95x (issue "Operable and
+  pleasant": run it with ``--rounds 5``).
 
 Eight connections come, by default (``--clients auto``), from 8 threads of one client
 process for the text protocol and from 8 client processes for Pyro5: on a 2-core
@@ -94,6 +97,7 @@ CASES: dict[str, Callable[[Suite, int], None]] = {
     "scaling": cases.scaling,
     "memory": cases.memory,
     "hostile": cases.hostile,
+    "metrics": cases.metrics,
 }
 
 
