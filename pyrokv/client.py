@@ -104,14 +104,11 @@ def parse_ns(ns: object) -> tuple[str, int]:
         return naming.parse_address(ns, "name server address")
     if isinstance(ns, (tuple, list)) and len(ns) == 2:
         host, port = ns
-        if (
-            isinstance(host, str)
-            and host
-            and isinstance(port, int)
-            and not isinstance(port, bool)
-            and 0 <= port <= 65535
-        ):
-            return host, port
+        if isinstance(host, str) and host and type(port) is int:
+            try:
+                return host, naming.parse_port(str(port))
+            except ValueError:
+                pass
     raise ConfigError(
         f"invalid name server address {ns!r}: expected 'HOST:PORT' or "
         "(host, port), for example '127.0.0.1:9090' or ('127.0.0.1', 9090)"
