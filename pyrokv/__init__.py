@@ -15,6 +15,7 @@ from .client import Client
 from .errors import (
     BucketNotFoundError,
     ChildError,
+    ClientClosedError,
     ConfigError,
     IncompatiblePyroError,
     InvalidTableError,
@@ -47,6 +48,7 @@ __all__ = [
     "BucketNotFoundError",
     "ChildError",
     "Client",
+    "ClientClosedError",
     "ConfigError",
     "IncompatiblePyroError",
     "InvalidTableError",

@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 __all__ = [
     "BucketNotFoundError",
     "ChildError",
+    "ClientClosedError",
     "ConfigError",
     "IncompatiblePyroError",
     "InvalidTableError",
@@ -161,7 +162,8 @@ class NoRouterError(TaskNotAllowedError):
 
 
 class TaskArgumentError(PyroKVError, TypeError):
-    """A task's arguments do not fit the function's signature; nothing ran."""
+    """A task's arguments do not fit the function's signature, or a call of a
+    pipeline is too large for any message a node takes; nothing ran."""
 
 
 class NotInTaskError(PyroKVError):
@@ -171,6 +173,18 @@ class NotInTaskError(PyroKVError):
 
 class BucketNotFoundError(PyroKVError, LookupError):
     """get, put or delete named a bucket that was never created on its owner."""
+
+
+# -- the Python client ----------------------------------------------------------
+
+
+class ClientClosedError(PyroKVError):
+    """A :class:`pyrokv.Client` (or one of its pipelines) was used after its
+    :meth:`~pyrokv.Client.close`, or after its ``with`` block ended. Nothing was sent.
+
+    Closed by this program, on purpose; compare :class:`NodeUnavailableError`,
+    where the node cannot be reached.
+    """
 
 
 # -- the text protocol -----------------------------------------------------------

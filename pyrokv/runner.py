@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import re
+import time
 import types
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -20,7 +21,13 @@ from Pyro5.api import expose
 
 from . import guard, tasks
 from .defaults import DEFAULT_ALLOW
-from .errors import NoRouterError, TaskArgumentError, TaskNotAllowedError
+from .errors import (
+    NoRouterError,
+    TaskArgumentError,
+    TaskNotAllowedError,
+    UndecodableReplyError,
+)
+from .routing import HERE, Hop
 from .stats import Stats
 
 if TYPE_CHECKING:
@@ -165,24 +172,60 @@ class TaskRunner:
     ) -> list[list[Any]]:
         """Route several ``[bucket, func, args]`` requests that arrived in one call.
 
-        Returns ``[ok, value]`` per item: the result, or the exception it raised
-        (rebuilt with its own class by the caller). Coalescing concurrent requests
-        into one Pyro5 call is what lets routed throughput grow with clients.
+        Returns ``[ok, value]`` per item, in the order of ``items``: the result, or
+        the exception it raised (rebuilt with its own class by the caller).
+        Each item is decided once (:meth:`~pyrokv.routing.Routing.decide`); the items
+        for this node run here, in order, and each other owner gets its items in
+        one :meth:`~pyrokv.Router.send_batch` call, so a batch costs one Pyro5 call
+        per owner, not per item. Items for one bucket keep their order (they all go
+        to one owner); items for different owners may run in any order. An owner
+        that cannot be reached fails its own items only.
+        Coalescing concurrent requests into one Pyro5 call is what lets routed
+        throughput grow with clients (``PyroLanes``), and what a client's pipeline
+        sends.
         """
-        if self.router is None:
+        router = self.router
+        if router is None:
             raise NoRouterError(f"node {self.node!r} has no router to route with")
-        forwarded = self.router.forwarded
-        path = guard.check_path(path)
-        budget = guard.check_budget(budget)
-        results: list[list[Any]] = []
-        for bucket, func, args in guard.check_items(items):
+        checked_path = guard.check_path(path)
+        checked = guard.check_items(items)
+        deadline = time.monotonic() + router.routing.limit(guard.check_budget(budget))
+        results: list[list[Any]] = [_PENDING] * len(checked)
+        groups: dict[Hop, list[int]] = {}  # one owner, one path: one Hop per owner
+        for index, (bucket, func, args) in enumerate(checked):
             try:
-                results.append(
-                    [True, forwarded(bucket, func, args, None, path, budget)]
-                )
+                decision = router.routing.decide(bucket, checked_path)
+                if decision is HERE:
+                    results[index] = [True, router.local(func, args, None)]  # type: ignore[misc]
+                    continue
+                assert isinstance(decision, Hop)
+                groups.setdefault(decision, []).append(index)
             except Exception as exc:
-                results.append([False, exc])
+                results[index] = [False, exc]
+        for hop, indexes in groups.items():
+            for index, result in zip(
+                indexes,
+                _send_group(router, hop, checked, indexes, deadline),
+                strict=True,
+            ):
+                results[index] = result
+        self._count_batch(checked, results, peer=bool(checked_path))
         return results
+
+    def _count_batch(
+        self,
+        items: list[tuple[Any, str, Sequence[Any]]],
+        results: list[list[Any]],
+        *,
+        peer: bool,
+    ) -> None:
+        """Count a batch's items as :meth:`route` counts one request each."""
+        counts = self.stats.peer_requests if peer else self.stats.requests
+        for (_bucket, func, _args), (ok, _value) in zip(items, results, strict=True):
+            if ok:
+                counts.ok[_label(func)] += 1
+            else:
+                counts.error[_label(func)] += 1
 
     @_exposed
     def info(self) -> dict[str, Any]:
@@ -229,6 +272,35 @@ class TaskRunner:
             )
         self._resolved[func] = function
         return function
+
+
+#: A slot of route_batch's results not filled yet (every slot is, before it returns).
+_PENDING: list[Any] = [False, None]
+
+
+def _send_group(
+    router: Router,
+    hop: Hop,
+    items: list[tuple[Any, str, Sequence[Any]]],
+    indexes: list[int],
+    deadline: float,
+) -> list[list[Any]]:
+    """One owner's items of a batch, sent in one call: ``[ok, value]`` per index.
+
+    A failure to reach the owner, or a reply that does not hold one result per item,
+    is the result of each of its items. The results themselves are passed on as
+    they came (the client checks each, :mod:`pyrokv.pipeline`).
+    """
+    try:
+        replies = router.send_batch(hop, [list(items[i]) for i in indexes], deadline)
+        if not isinstance(replies, list) or len(replies) != len(indexes):
+            raise UndecodableReplyError(
+                f"node {hop.owner!r} answered a batch of {len(indexes)} requests "
+                "with something else than one result for each"
+            )
+    except Exception as exc:
+        return [[False, exc] for _ in indexes]
+    return replies
 
 
 def _label(func: str) -> str:

@@ -15,7 +15,7 @@ import Pyro5.api
 from Pyro5 import socketutil
 
 from .defaults import DEFAULT_WORKERS
-from .errors import IncompatiblePyroError, register_with_pyro
+from .errors import ConfigError, IncompatiblePyroError, register_with_pyro
 
 if TYPE_CHECKING:
     from .tls import TLSSettings
@@ -29,6 +29,7 @@ __all__ = [
     "set_workers",
     "setup_pyro",
     "tls_configured",
+    "use_tls",
 ]
 
 #: A connection into a node's Pyro5 daemon that carries no request for this long is
@@ -169,6 +170,32 @@ def configure_tls(settings: TLSSettings | None) -> None:
 def tls_configured() -> bool:
     """Whether :func:`configure_tls` (or Pyro5's config) turned TLS on in this process."""
     return bool(Pyro5.api.config.SSL)
+
+
+_use_lock = threading.Lock()
+
+
+def use_tls(settings: TLSSettings) -> None:
+    """Make sure this process speaks mutual TLS with ``settings``: turn it on if the
+    process is plain; nothing if it uses these very files already.
+
+    What ``Client(tls=...)`` calls. Pyro5's TLS settings are process-wide, so a
+    process that uses TLS with another certificate, key or CA cannot use these
+    too: :class:`ConfigError` says so, and nothing changes.
+    """
+    config = Pyro5.api.config
+    with _use_lock:
+        if tls_configured():
+            using = (config.SSL_CLIENTCERT, config.SSL_CLIENTKEY, config.SSL_CACERTS)
+            if using == (settings.cert, settings.key, settings.ca):
+                return
+            raise ConfigError(
+                f"this process already uses TLS with certificate {using[0]}, key "
+                f"{using[1]} and CA {using[2]}; Pyro5's TLS settings are "
+                "process-wide, so every client of a process uses the same ones "
+                "(make the other clients in another process)"
+            )
+        configure_tls(settings)
 
 
 def _install_pyro_contexts(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from Pyro5.api import Proxy
@@ -12,6 +13,7 @@ from Pyro5.api import Proxy
 import pyrokv
 from pyrokv import (
     BucketNotFoundError,
+    NodeNotRegisteredError,
     NodeUnavailableError,
     NoRouteError,
     PyroKVError,
@@ -24,6 +26,7 @@ from pyrokv import (
 )
 from pyrokv.cluster import Child, ChildError, spawn_node
 from pyrokv.router import task_name
+from pyrokv.routing import Hop
 
 pytestmark = pytest.mark.distributed
 
@@ -321,3 +324,49 @@ def test_a_batch_carries_results_and_errors_per_item(
         NoRouteError,
         TaskNotAllowedError,
     ]
+
+
+def test_the_node_sends_each_owner_its_items_in_one_call(
+    ns: tuple[str, int], unique: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """route_batch runs local items in place, sends each other owner its items in one
+    send_batch call, and answers in call order; an unreachable owner fails its own."""
+    one, two, ghost = f"one{unique}", f"two{unique}", f"ghost{unique}"
+    table = RoutingTable.parse(f"a..m={one}, n..r={two}, s..z={ghost}")
+    with pyrokv.start_node(one, table, ns) as a, pyrokv.start_node(two, table, ns) as b:
+        calls: list[tuple[str, list[Any]]] = []
+        original = a.router.send_batch
+
+        def send_batch(hop: Hop, items: Any, deadline: float) -> Any:
+            calls.append((hop.owner, [item[0] for item in items]))
+            return original(hop, items, deadline)
+
+        monkeypatch.setattr(a.router, "send_batch", send_batch)
+        results = a.runner.route_batch(
+            [
+                ["apple", "pyrokv.tasks.create", ["apple"]],
+                ["nut", "pyrokv.tasks.create", ["nut"]],
+                ["sea", "pyrokv.tasks.create", ["sea"]],
+                ["apple", "pyrokv.tasks.put", ["apple", "k", 1]],
+                ["nut", "pyrokv.tasks.put", ["nut", "k", 2]],
+                ["1x", "pyrokv.tasks.get", ["1x", "k"]],
+                ["nut", "pyrokv.tasks.get", ["nut", "k"]],
+                ["apple", "pyrokv.tasks.get", ["apple", "k"]],
+                ["sea", "pyrokv.tasks.get", ["sea", "k"]],
+            ]
+        )
+        assert calls == [(two, ["nut", "nut", "nut"]), (ghost, ["sea", "sea"])]
+        assert [value if ok else type(value) for ok, value in results] == [
+            None,
+            None,
+            NodeNotRegisteredError,
+            None,
+            None,
+            NoRouteError,
+            2,
+            1,
+            NodeNotRegisteredError,
+        ]
+        assert a.runner.stats.requests.total() == 9
+        assert a.runner.stats.requests.error["GET"] == 2
+        assert b.runner.stats.peer_requests.ok == {"CREATE": 1, "PUT": 1, "GET": 1}
