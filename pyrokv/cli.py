@@ -15,14 +15,40 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import __version__, logs
-from .config import Settings
-from .errors import ConfigError, ListenError, PyroKVError
+from .config import Settings, unknown_variables
+from .errors import ConfigError, InvalidTableError, ListenError, PyroKVError
 from .flags import add_setting_flags, settings_for
-from .settings import PASSWORD_ENV
+from .settings import CONFIG_FLAG, PASSWORD_ENV, known_environment
+from .table import check_node_name
 
 __all__ = ["main"]
 
 TASKS_MODULE = "pyrokv.tasks"
+
+
+def _node_name(text: str) -> str:
+    """A node name on the command line; a bad one is a usage error (exit 2)."""
+    try:
+        return check_node_name(text)
+    except InvalidTableError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+class _NoConfig(argparse.Action):
+    """``--config`` of a command that reads no config file: a usage error saying so."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        parser.error(
+            f"argument {option_string}: pyrokv demo runs its own throw-away cluster "
+            "with fixed settings and reads no config file; run a cluster from a "
+            "config file with 'pyrokv up --config FILE'"
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,7 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
         "server as pyrokv.NAME.registry and pyrokv.NAME.tasks. Prints 'READY NAME URI' "
         "once registered; SIGTERM, SIGHUP or Ctrl-C unregisters it and exits 0.",
     )
-    p.add_argument("name", metavar="NAME", help="node name (letters, digits, '_', '-')")
+    p.add_argument(
+        "name",
+        metavar="NAME",
+        type=_node_name,
+        help="node name (letters, digits, '_', '-')",
+    )
     add_setting_flags(p, "node")
 
     p = commands.add_parser(
@@ -66,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--via",
         metavar="NODE",
+        type=_node_name,
         help="node whose router starts the route (default: any live node)",
     )
     add_setting_flags(p, "call")
@@ -85,9 +117,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Start a name server and nodes foo (a..m) and bar (n..z) on free "
         "ports, run create/put/get/delete through the text protocol on a local and a "
         "routed bucket, route hello and world, show a bucket with no entry, stop "
-        "everything.",
+        "everything. It reads no config file and no PYROKV_* variable.",
     )
-    add_setting_flags(p, "demo")
+    p.add_argument(
+        CONFIG_FLAG,
+        metavar="FILE",
+        action=_NoConfig,
+        help="refused: the demo's cluster has fixed settings (use 'pyrokv up')",
+    )
 
     p = commands.add_parser(
         "status",
@@ -111,6 +148,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
+        if args.command == "demo":  # its own cluster, with fixed settings
+            return int(COMMANDS[args.command](args, Settings()))
+        _warn_unknown_variables()
         settings = settings_for(args)
         return int(COMMANDS[args.command](args, settings))
     except PyroKVError as exc:
@@ -118,6 +158,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+
+
+def _warn_unknown_variables() -> None:
+    """Say once, on stderr, which ``PYROKV_*`` variables are ignored (a typo?)."""
+    unknown = unknown_variables()
+    if unknown:
+        print(
+            f"pyrokv: warning: ignoring unknown environment variable"
+            f"{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}: pyrokv reads "
+            f"{', '.join(known_environment())}",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def _nameserver(args: argparse.Namespace, settings: Settings) -> int:

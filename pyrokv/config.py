@@ -38,10 +38,13 @@ __all__ = [
     "Settings",
     "load_settings",
     "save_settings",
+    "unknown_variables",
 ]
 
 #: Where a value not set anywhere comes from.
 DEFAULT_ORIGIN = "default"
+#: The ``source`` of settings read from no config file.
+BUILT_IN = "built-in defaults"
 
 _NODE_SETTINGS = {s.key: s for s in settings_of("node")}
 #: Settings attribute -> (section, key): ns_host, table, tls_cert ...
@@ -122,7 +125,7 @@ class Settings:
     )
     nodes: tuple[NodeSettings, ...] = dataclasses.field(default_factory=_default_nodes)
     #: The config file read, or "built-in defaults".
-    source: str = "built-in defaults"
+    source: str = BUILT_IN
     #: "[section] key" -> where its value came from; absent: the default.
     origins: Mapping[str, str] = dataclasses.field(
         default_factory=dict, compare=False, repr=False
@@ -219,34 +222,50 @@ class Settings:
     def describe(self, absolute_paths: bool = False) -> str:
         """The effective settings as ``pyrokv config`` prints them: a config file
         that :func:`load_settings` reads back to the same values (with
-        ``absolute_paths``, wherever the file is put)."""
+        ``absolute_paths``, wherever the file is put), each value followed by a
+        comment saying where it came from (:meth:`origin`)."""
         blocks = []
         for sec in SECTIONS:
             if sec.name == "node":
                 continue
-            values = {s: self.values[(s.section, s.key)] for s in settings_of(sec.name)}
-            if sec.together and all(v is None for v in values.values()):
+            values = {
+                s: (self.values[(s.section, s.key)], self.origin(s.section, s.key))
+                for s in settings_of(sec.name)
+            }
+            if sec.together and all(v is None for v, _ in values.values()):
                 continue
             blocks.append(_block(f"[{sec.name}]", values, sec.together, absolute_paths))
         for node in self.nodes:
-            values = {s: node.values[key] for key, s in _NODE_SETTINGS.items()}
-            blocks.append(_block(f"[node {node.name}]", values, False, absolute_paths))
-        return f"# from: {self.source}\n" + "\n\n".join(blocks)
+            at = f"node {node.name}"
+            values = {
+                s: (node.values[key], self.origin(at, key))
+                for key, s in _NODE_SETTINGS.items()
+            }
+            blocks.append(_block(f"[{at}]", values, False, absolute_paths))
+        source = f"none ({BUILT_IN})" if self.source == BUILT_IN else self.source
+        head = (
+            f"# config file: {source}\n"
+            "# after each value: where it came from (flag, environment, file, default)\n"
+        )
+        return head + "\n\n".join(blocks)
 
 
 def _block(
-    title: str, values: Mapping[Setting, Any], together: bool, absolute: bool
+    title: str,
+    values: Mapping[Setting, tuple[Any, str]],
+    together: bool,
+    absolute: bool,
 ) -> str:
     lines = [title]
-    for s, value in values.items():
+    for s, (value, origin) in values.items():
         if value is None:
             if together:
-                lines.append(f"{s.key} = ")
+                lines.append(f"{s.key} =   # {origin}")
             continue
         text = s.show(value)
         if s.path and absolute:
             text = os.path.abspath(text)
-        lines.append(f"{s.key} = {text}")
+        lines.append(f"{s.key} = {text}  # {origin}")
     return "\n".join(lines)
 
 
@@ -257,12 +276,6 @@ def load_settings(
     """Read the config file (``path``, else ``$PYROKV_CONFIG``, else ./nameserver.conf
     if present), then the ``PYROKV_*`` environment variables."""
     environ = os.environ if environ is None else environ
-    known = known_environment()
-    for key in environ:
-        if key.startswith("PYROKV_") and key not in known:
-            raise ConfigError(
-                f"unknown environment variable {key}: pyrokv reads {', '.join(known)}"
-            )
     settings = Settings()
     if path is None:
         path = environ.get(CONFIG_ENV) or None
@@ -282,6 +295,17 @@ def load_settings(
             value = _value(s.env, "the environment", environ[s.env], s.parse)
             settings = settings.set(s.section, s.key, value, f"environment {s.env}")
     return settings
+
+
+def unknown_variables(environ: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    """The ``PYROKV_*`` variables in ``environ`` (default ``os.environ``) that pyrokv
+    does not read, sorted: :func:`load_settings` ignores them, and the command line
+    warns about them once (a typo, or a variable of a newer pyrokv)."""
+    environ = os.environ if environ is None else environ
+    known = known_environment()
+    return tuple(
+        sorted(k for k in environ if k.startswith("PYROKV_") and k not in known)
+    )
 
 
 def save_settings(settings: Settings, path: str | os.PathLike[str]) -> None:

@@ -213,7 +213,10 @@ class ListenError(PyroKVError):
 
 
 class NothingToStartError(PyroKVError):
-    """``pyrokv up`` found no ``[node NAME]`` section to start."""
+    """``pyrokv up`` found no ``[node NAME]`` section to start (a configuration
+    error, so it exits 2)."""
+
+    exit_code: ClassVar[int] = 2
 
 
 class ChildError(PyroKVError):

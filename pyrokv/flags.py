@@ -4,9 +4,9 @@
 :mod:`pyrokv.settings` declares for it, with help and defaults from the declaration;
 :func:`settings_for` reads the config file and the environment and applies the
 flags given, last. A flag's text is read by the same ``parse`` as the file's: a bad
-value is a usage error naming the flag (exit 2), except a bad table or module name,
-which raises its own error as it always has (exit 1), and a bad ``--ns``, a
-:class:`ConfigError` (exit 2).
+value (a bad table or module name included) is a usage error naming the flag, and a
+bad ``--ns`` a :class:`ConfigError`; both exit 2, as the same value in a config file
+does.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from .config import Settings, load_settings
-from .errors import ConfigError, PyroKVError
+from .errors import PyroKVError
 from .settings import (
     CONFIG_FLAG,
     CONFIG_HELP,
@@ -46,11 +46,9 @@ def _parse(
 ) -> Any:
     try:
         return parse(text)
-    except ConfigError as exc:
-        parser.error(f"argument {flag}: {exc}")
-    except PyroKVError:
-        raise  # a bad table or module name: its own error (exit 1), as it always was
-    except ValueError as exc:
+    except (PyroKVError, ValueError) as exc:
+        # a bad table (InvalidTableError) or module name (TaskNotAllowedError) too:
+        # a usage error (exit 2), as the same value in a config file is a ConfigError
         parser.error(f"argument {flag}: {exc}")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -95,11 +96,63 @@ def test_bad_values_name_the_key_and_file(
 
 
 def test_bad_environment_is_named() -> None:
-    """A bad or unknown PYROKV_* variable is named."""
+    """A bad PYROKV_* variable is an error naming it."""
     with pytest.raises(ConfigError, match="bad value for PYROKV_NS"):
         load_settings(None, {"PYROKV_NS": "nope"})
-    with pytest.raises(ConfigError, match="unknown environment variable PYROKV_NSS"):
-        load_settings(None, {"PYROKV_NSS": "x"})
+
+
+def test_an_unknown_variable_is_a_warning_said_once(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An unknown PYROKV_* variable is named in one warning on stderr; the command runs."""
+    monkeypatch.setenv("PYROKV_NSS", "x")
+    monkeypatch.setenv("PYROKV_TIMEUOT", "3")
+    assert main(["config", "--config", os.devnull]) == 0
+    out, err = capsys.readouterr()
+    assert "[nameserver]" in out
+    assert err.count("warning") == 1
+    assert err.startswith(
+        "pyrokv: warning: ignoring unknown environment variables PYROKV_NSS, "
+        "PYROKV_TIMEUOT: pyrokv reads PYROKV_CLUSTER_SECRET_FILE,"
+    )
+
+
+def test_config_says_where_each_value_came_from(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """pyrokv config ends each value with its origin, and the output reads back the same."""
+    conf = tmp_path / "c.conf"
+    conf.write_text("[cluster]\ntimeout = 2\nhop_limit = 3\n[node foo]\nport = 7\n")
+    monkeypatch.setenv("PYROKV_TIMEOUT", "4")
+    assert main(["config", "--config", str(conf), "--ns", "127.0.0.1:1"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"# config file: {conf}\n")
+    lines = out.splitlines()
+    for line in (
+        "host = 127.0.0.1  # flag --ns",
+        "port = 1  # flag --ns",
+        "timeout = 4  # environment PYROKV_TIMEOUT",
+        f"hop_limit = 3  # file {conf}",
+        f"port = 7  # file {conf}",
+        "workers = 256  # default",
+    ):
+        assert line in lines, line
+    printed = tmp_path / "printed.conf"
+    printed.write_text(out)
+    again = load_settings(printed, {})
+    assert (again.ns, again.timeout, again.hop_limit) == (("127.0.0.1", 1), 4.0, 3)
+    assert again.node("foo").port == 7
+
+
+def test_config_without_a_file_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With no config file, pyrokv config says none was read."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("PYROKV_CONFIG", raising=False)
+    assert main(["config", "--ns", "127.0.0.1:1"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("# config file: none (built-in defaults)\n")
 
 
 def test_missing_config_file_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
