@@ -225,7 +225,8 @@ def _node(args: argparse.Namespace, settings: Settings) -> int:
     _warn_if_exposed(
         f"node {args.name!r}", options["host"], options["listen"], tls=tls is not None
     )
-    return serve_node(args.name, ns=settings.ns, tls=tls, **options)
+    ns_wait = settings.get("cluster", "ns_wait")
+    return serve_node(args.name, ns=settings.ns, tls=tls, ns_wait=ns_wait, **options)
 
 
 _LOOPBACK = ("127.", "localhost", "::1")

@@ -18,6 +18,7 @@ __all__ = [
     "DEFAULT_MAX_MESSAGE",
     "DEFAULT_NODES",
     "DEFAULT_NS",
+    "DEFAULT_NS_WAIT",
     "DEFAULT_PORT",
     "DEFAULT_TABLE",
     "DEFAULT_TIMEOUT",
@@ -36,6 +37,9 @@ DEFAULT_TABLE = "a..m=foo, n..z=bar"
 DEFAULT_TIMEOUT = 5.0
 #: [cluster] hop_limit: how often a request may be forwarded.
 DEFAULT_HOP_LIMIT = 16
+#: [cluster] ns_wait: how long ``pyrokv node`` waits for its name server to come
+#: up before it gives up (s); the Python API (``start_node``) does not wait.
+DEFAULT_NS_WAIT = 30.0
 
 #: [node NAME] host and port: the address a node's Pyro5 daemon binds (0: any port).
 DEFAULT_HOST = "127.0.0.1"

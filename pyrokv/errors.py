@@ -144,6 +144,18 @@ class NameServerUnavailableError(NodeUnavailableError):
             "start one with 'pyrokv nameserver', or point --ns at it)"
         )
 
+    @classmethod
+    def not_a_name_server(
+        cls, host: str, port: int, why: object
+    ) -> NameServerUnavailableError:
+        """Something answers at host:port, but not as a Pyro5 name server (a node's
+        text or Pyro5 port, say): starting one there would not help."""
+        return cls(
+            f"{host}:{port} answers, but it is not a Pyro5 name server ({why}): "
+            "point --ns at the name server's address (a node's text or Pyro5 port "
+            "will not do)"
+        )
+
 
 class UndecodableReplyError(PyroKVError):
     """A node answered with something this process cannot rebuild (a value of a

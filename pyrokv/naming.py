@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
 from typing import Any
 
+import Pyro5.errors
 from Pyro5.api import Proxy
 
-from .errors import ConfigError
+from .errors import ConfigError, NameServerUnavailableError
 
 __all__ = [
     "NODE_METADATA",
@@ -21,7 +25,10 @@ __all__ = [
     "tasks_name",
     "text_address",
     "text_metadata",
+    "wait_for_nameserver",
 ]
+
+log = logging.getLogger("pyrokv.naming")
 
 #: Metadata on both of a node's registrations: ``list(metadata_all={NODE_METADATA})``.
 NODE_METADATA = "pyrokv.node"
@@ -107,3 +114,49 @@ def ns_proxy(host: str, port: int, timeout: float) -> Any:
 
 def _uri_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
+
+
+def wait_for_nameserver(
+    host: str, port: int, wait: float, stop: threading.Event, timeout: float
+) -> bool:
+    """Block until the name server at host:port answers, retrying for up to ``wait``
+    seconds (``pyrokv node`` started before its name server, under systemd or
+    compose); True once it answers, False when ``stop`` is set meanwhile.
+
+    Logs once that it waits. Raises :class:`NameServerUnavailableError` when the
+    time is up, and at once when something else answers at that address.
+    """
+    deadline = time.monotonic() + wait
+    delay, waiting = 0.1, False
+    while True:
+        try:
+            with ns_proxy(host, port, timeout) as proxy:
+                proxy.ping()
+        except (Pyro5.errors.ProtocolError, Pyro5.errors.DaemonError) as exc:
+            # it answers, in another protocol or as another Pyro5 daemon
+            raise NameServerUnavailableError.not_a_name_server(
+                host, port, exc
+            ) from None
+        except Pyro5.errors.CommunicationError as exc:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise NameServerUnavailableError.at(
+                    host, port, f"{exc}; waited {wait:g}s for it"
+                ) from None
+            if not waiting:
+                waiting = True
+                log.warning(
+                    "the name server at %s:%d does not answer (%s): waiting up to "
+                    "%gs for it",
+                    host,
+                    port,
+                    exc,
+                    wait,
+                )
+            if stop.wait(min(delay, left)):
+                return False
+            delay = min(delay * 2, 1.0)
+            continue
+        if waiting:
+            log.info("the name server at %s:%d answers", host, port)
+        return True

@@ -388,6 +388,8 @@ def _refuse_if_live(name: str, ns: tuple[str, int], timeout: float) -> bool:
             uri = proxy.lookup(naming.tasks_name(name))
     except Pyro5.errors.NamingError:
         return False  # not registered
+    except (Pyro5.errors.ProtocolError, Pyro5.errors.DaemonError) as exc:
+        raise NameServerUnavailableError.not_a_name_server(host, port, exc) from None
     except Pyro5.errors.CommunicationError as exc:
         raise NameServerUnavailableError(
             f"node {name!r} cannot reach the name server at {host}:{port}: {exc} "
@@ -409,22 +411,34 @@ def _taken(name: str, why: str) -> NameTakenError:
 
 
 def serve_node(
-    name: str, table: RoutingTable, ns: tuple[str, int], **options: Any
+    name: str,
+    table: RoutingTable,
+    ns: tuple[str, int],
+    *,
+    ns_wait: float = 0.0,
+    **options: Any,
 ) -> int:
     """Run node ``name`` until SIGTERM or Ctrl-C (``pyrokv node``); return the exit code.
 
     The process's daemons refuse what :mod:`pyrokv.guard` says, before decoding it.
+    A name server not up yet is waited for, up to ``ns_wait`` seconds (a stop
+    signal ends the wait).
     """
     setup_pyro()
     guard_daemons(options.get("max_message", DEFAULT_MAX_MESSAGE), refuse_uris=True)
-    with StopSignals() as signals, start_node(name, table, ns, **options) as handle:
-        if handle.text is not None:
-            host, port = handle.text.address
-            print(f"LISTEN {name} {host}:{port}", flush=True)
-        if handle.metrics is not None:
-            host, port = handle.metrics.address
-            print(f"METRICS {name} {host}:{port}", flush=True)
-        print(f"READY {name} {handle.uri}", flush=True)
-        signals.wait()
+    with StopSignals() as signals:
+        timeout = options.get("timeout", DEFAULT_TIMEOUT)
+        if ns_wait <= 0 or naming.wait_for_nameserver(
+            *ns, ns_wait, signals.stop, timeout
+        ):
+            with start_node(name, table, ns, **options) as handle:
+                if handle.text is not None:
+                    host, port = handle.text.address
+                    print(f"LISTEN {name} {host}:{port}", flush=True)
+                if handle.metrics is not None:
+                    host, port = handle.metrics.address
+                    print(f"METRICS {name} {host}:{port}", flush=True)
+                print(f"READY {name} {handle.uri}", flush=True)
+                signals.wait()
     print(f"STOPPED {name}", file=sys.stderr, flush=True)
     return 0

@@ -28,6 +28,7 @@ from .defaults import (
     DEFAULT_MAX_LINE,
     DEFAULT_MAX_MESSAGE,
     DEFAULT_NS,
+    DEFAULT_NS_WAIT,
     DEFAULT_PORT,
     DEFAULT_TABLE,
     DEFAULT_TIMEOUT,
@@ -169,6 +170,13 @@ def _seconds(text: str) -> float:
     value = float(text)
     if not value > 0 or value == float("inf"):
         raise ValueError(f"{text!r} is not a positive number of seconds")
+    return value
+
+
+def _seconds_or_zero(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < float("inf"):
+        raise ValueError(f"{text!r} is not a number of seconds, 0 or more")
     return value
 
 
@@ -345,6 +353,19 @@ SETTINGS = (
         unset="none",
         path=True,
         start_node=True,
+    ),
+    Setting(
+        "cluster",
+        "ns_wait",
+        _seconds_or_zero,
+        DEFAULT_NS_WAIT,
+        "how long pyrokv node waits for the name server to come up, retrying, "
+        "before it gives up, in seconds; 0 = not at all",
+        show=_show_seconds,
+        flag="--ns-wait",
+        commands=("node",),
+        env="PYROKV_NS_WAIT",
+        metavar="SECONDS",
     ),
     Setting(
         "cluster",

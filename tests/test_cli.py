@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from pyrokv.cli import main
-from pyrokv.cluster import spawn_nameserver
+from pyrokv.client import list_nodes
+from pyrokv.cluster import Child, spawn_nameserver
 
 
 def run(*argv: str) -> subprocess.CompletedProcess[str]:
@@ -181,7 +185,76 @@ def test_nameserver_refuses_a_port_in_use() -> None:
 
 @pytest.mark.distributed
 def test_node_without_a_name_server_exits_1() -> None:
-    """A node whose name server is not there says so and exits 1."""
-    done = run("node", "foo", "--ns", "127.0.0.1:1")
+    """A node whose name server is not there says so and exits 1, after --ns-wait."""
+    done = run("node", "foo", "--ns", "127.0.0.1:1", "--ns-wait", "0")
     assert done.returncode == 1
     assert "cannot reach the name server at 127.0.0.1:1" in done.stderr
+    waited = run("node", "foo", "--ns", "127.0.0.1:1", "--ns-wait", "0.5")
+    assert waited.returncode == 1
+    assert "cannot reach the name server at 127.0.0.1:1" in waited.stderr
+    assert "waited 0.5s for it" in waited.stderr
+    assert "waiting up to 0.5s for it" in waited.stderr  # the log line
+    assert "Traceback" not in waited.stderr
+
+
+def free_port() -> int:
+    """A port free just now (racy, but the test needs the name server's port first)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.mark.distributed
+def test_a_node_started_before_its_name_server_registers_once_it_is_up(
+    unique: str,
+) -> None:
+    """pyrokv node waits for a name server that is not up yet, then registers in it."""
+    port = free_port()
+    name = f"early{unique}"
+    node = Child(
+        [
+            "node",
+            name,
+            "--config",
+            os.devnull,
+            "--ns",
+            f"127.0.0.1:{port}",
+            "--table",
+            f"a..z={name}",
+            "--ns-wait",
+            "60",
+        ],
+        f"node {name}",
+    )
+    nameserver = None
+    try:
+        while "waiting up to 60s for it" not in node.wait_for(""):
+            pass  # each line the node prints, until it says it waits
+        nameserver, ns = spawn_nameserver(port=port)
+        node.wait_for(f"READY {name} ")
+        assert name in list_nodes(ns)
+        assert any(
+            "the name server at" in line and "answers" in line for line in node.lines
+        )
+    finally:
+        assert node.stop() == 0
+        if nameserver is not None:
+            nameserver.stop()
+
+
+@pytest.mark.distributed
+def test_a_waiting_node_stops_at_once_on_sigterm(unique: str) -> None:
+    """SIGTERM ends a node's wait for its name server: it exits 0 without waiting on."""
+    node = Child(
+        ["node", f"w{unique}", "--config", os.devnull, "--ns", "127.0.0.1:1"],
+        "waiting node",
+    )
+    try:
+        while "waiting up to 30s for it" not in node.wait_for(""):
+            pass
+        started = time.monotonic()
+        assert node.stop(timeout=20) == 0
+        assert time.monotonic() - started < 5
+        assert f"STOPPED w{unique}" in node.lines
+    finally:
+        node.kill()
