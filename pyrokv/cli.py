@@ -8,15 +8,23 @@ from __future__ import annotations
 
 import argparse
 import ast
+import json
 import os
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
 from . import __version__, logs
 from .config import Settings, unknown_variables
-from .errors import ConfigError, InvalidTableError, ListenError, PyroKVError
+from .errors import (
+    ConfigError,
+    InvalidTableError,
+    ListenError,
+    NameServerUnavailableError,
+    PyroKVError,
+)
 from .flags import add_setting_flags, settings_for
 from .settings import CONFIG_FLAG, PASSWORD_ENV, known_environment
 from .table import check_node_name
@@ -128,8 +136,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser(
         "status",
-        help="list the registered nodes: address, liveness, table, buckets",
-        description="One row per node registered in the name server.",
+        help="list the registered nodes and whether each answers (a health check)",
+        description="One row per node registered in the name server: its Pyro5 and "
+        "text addresses, alive or down, pid, buckets, keys, table version and table, "
+        "then the reason each node that is down gave. Exits 0 when every registered "
+        "node answers, 1 when any is down or none is registered, 2 for a usage "
+        "error, 3 when the name server cannot be reached.",
+    )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print a JSON list instead: one object per node, with name, address, "
+        "text, state, reason, pid, buckets, keys, table, table_version, uptime_s",
+    )
+    p.add_argument(
+        "--prune",
+        action="store_true",
+        help="look again at each node that is down, and remove the registrations "
+        "of those still down from the name server (saying which)",
     )
     add_setting_flags(p, "status")
 
@@ -154,10 +178,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = settings_for(args)
         return int(COMMANDS[args.command](args, settings))
     except PyroKVError as exc:
-        print(f"pyrokv: {type(exc).__name__}: {exc}", file=sys.stderr)
+        _report(exc)
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+
+
+def _report(exc: BaseException) -> None:
+    """Print an error as every command does: ``pyrokv: ClassName: text`` on stderr."""
+    print(f"pyrokv: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
 
 
 def _warn_unknown_variables() -> None:
@@ -324,35 +353,150 @@ def _call(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+#: What ``pyrokv status`` exits with when the name server cannot be reached (a
+#: NameServerUnavailableError exits 1 from every other command, as documented).
+STATUS_NO_NAMESERVER = 3
+#: The fields of each object ``pyrokv status --json`` prints, in order.
+STATUS_FIELDS = (
+    "name",
+    "address",
+    "text",
+    "state",
+    "reason",
+    "pid",
+    "buckets",
+    "keys",
+    "table",
+    "table_version",
+    "uptime_s",
+)
+
+
 def _status(args: argparse.Namespace, settings: Settings) -> int:
-    from .client import list_nodes, node_status
+    """One row per registered node; exit 0 when all answer, 1 when any is down or
+    none is registered, 3 when the name server cannot be reached."""
+    from .client import list_nodes
 
     _tls(settings)
-    nodes = list_nodes(settings.ns, settings.timeout)
-    if not nodes:
-        host, port = settings.ns
+    host, port = settings.ns
+    try:
+        nodes = list_nodes(settings.ns, settings.timeout)
+    except NameServerUnavailableError as exc:
+        _report(exc)
+        return STATUS_NO_NAMESERVER
+    rows = _node_rows(nodes, settings)
+    down = [row for row in rows if row["state"] != "alive"]
+    pruned: dict[str, bool] = {}
+    if args.prune and down:
+        try:
+            pruned = _prune(down, nodes, settings)
+        except NameServerUnavailableError as exc:
+            _report(exc)
+            return STATUS_NO_NAMESERVER
+    if args.json:
+        if args.prune:
+            for row in rows:
+                row["pruned"] = pruned.get(row["name"], False)
+        print(json.dumps(rows, indent=2))
+    elif not rows:
         print(f"no nodes registered in the name server at {host}:{port}")
-        return 0
-    rows = [("NODE", "ADDRESS", "STATE", "BUCKETS", "TABLE")]
-    for node, uri in nodes.items():
+    else:
+        _print_status(rows)
+        for row in down:
+            print(f"{row['name']} is down: {row['reason']}")
+        for row in down:
+            if row["name"] not in pruned:
+                continue
+            if pruned[row["name"]]:
+                print(
+                    f"pruned {row['name']}: removed its registrations (at "
+                    f"{row['address']}) from the name server"
+                )
+            else:
+                print(f"kept {row['name']}: it answers again, or registered anew")
+    return 0 if rows and not down else 1
+
+
+def _node_rows(nodes: dict[str, Any], settings: Settings) -> list[dict[str, Any]]:
+    """Ask every node how it is, at once; a row per node (STATUS_FIELDS), by name."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .client import node_status
+    from .directory import Directory
+
+    directory = Directory(settings.ns, settings.timeout)
+
+    def row(item: tuple[str, Any]) -> dict[str, Any]:
+        node, uri = item
         status = node_status(node, uri)
-        rows.append(
-            (
-                node,
-                status["address"],
-                "alive" if status["alive"] else "down",
-                str(status.get("buckets", "-")),
-                status.get("table", "-") or "(empty)",
-            )
+        alive = bool(status["alive"])
+        text = status.get("text")
+        if not alive:  # where it said it serves the text protocol, when it registered
+            try:
+                found = directory.lookup(node, time.monotonic() + settings.timeout)
+            except PyroKVError:
+                found = None
+            if found is not None and found.text is not None:
+                text = f"{found.text[0]}:{found.text[1]}"
+        return {
+            "name": node,
+            "address": status["address"],
+            "text": text,
+            "state": "alive" if alive else "down",
+            "reason": None if alive else status.get("error", "no answer"),
+            **{key: status.get(key) if alive else None for key in STATUS_FIELDS[5:]},
+        }
+
+    if not nodes:
+        return []
+    with ThreadPoolExecutor(min(len(nodes), 16)) as pool:
+        return list(pool.map(row, nodes.items()))
+
+
+def _prune(
+    down: list[dict[str, Any]], nodes: dict[str, Any], settings: Settings
+) -> dict[str, bool]:
+    """Look again at each node found down; remove the registrations of those still
+    down. Returns {node: whether its registrations were removed}."""
+    from .naming import remove_node
+
+    again = {
+        row["name"]: row
+        for row in _node_rows(
+            {row["name"]: nodes[row["name"]] for row in down}, settings
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    }
+    pruned = {}
+    for name, row in again.items():
+        pruned[name] = row["state"] != "alive" and remove_node(
+            *settings.ns, name, nodes[name], settings.timeout
+        )
+    return pruned
+
+
+#: The columns of ``pyrokv status``: heading, and the row's field (TABLE last).
+_COLUMNS = (
+    ("NODE", "name"),
+    ("ADDRESS", "address"),
+    ("TEXT", "text"),
+    ("STATE", "state"),
+    ("PID", "pid"),
+    ("BUCKETS", "buckets"),
+    ("KEYS", "keys"),
+    ("TABLE_VERSION", "table_version"),
+)
+
+
+def _print_status(rows: list[dict[str, Any]]) -> None:
+    lines: list[list[str]] = [[heading for heading, _ in _COLUMNS]]
     for row in rows:
-        print(
-            "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False))
-            + "  "
-            + row[4]
-        )
-    return 0
+        lines.append(["-" if row[k] is None else str(row[k]) for _, k in _COLUMNS])
+    widths = [max(len(line[i]) for line in lines) for i in range(len(_COLUMNS))]
+    tables = ["TABLE"]
+    tables += ["-" if r["table"] is None else r["table"] or "(empty)" for r in rows]
+    for line, table in zip(lines, tables, strict=True):
+        cells = [cell.ljust(width) for cell, width in zip(line, widths, strict=True)]
+        print("  ".join([*cells, table]))
 
 
 def _up(args: argparse.Namespace, settings: Settings) -> int:

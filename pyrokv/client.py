@@ -61,6 +61,10 @@ def list_nodes(ns: tuple[str, int], timeout: float = DEFAULT_TIMEOUT) -> dict[st
                 meta_all={naming.NODE_METADATA}, return_metadata=False
             )
     except Pyro5.errors.PyroError as exc:
+        if naming.not_a_name_server(exc):  # something else answers there
+            raise NameServerUnavailableError.not_a_name_server(
+                host, port, exc
+            ) from None
         raise NameServerUnavailableError.at(host, port, exc) from None
     nodes = {}
     for name, uri in names.items():

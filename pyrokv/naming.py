@@ -18,10 +18,12 @@ __all__ = [
     "TEXT_METADATA",
     "node_of",
     "node_prefix",
+    "not_a_name_server",
     "ns_proxy",
     "parse_address",
     "parse_port",
     "registry_name",
+    "remove_node",
     "tasks_name",
     "text_address",
     "text_metadata",
@@ -105,6 +107,18 @@ def parse_address(text: str, what: str = "address") -> tuple[str, int]:
         ) from None
 
 
+def not_a_name_server(exc: BaseException) -> bool:
+    """Whether a Pyro5 error from a name-server call means that something answers at
+    that address, but not a name server: a text port (Pyro5 reads "invalid data"),
+    or another Pyro5 daemon, which rejects the connection to ``Pyro.NameServer`` as
+    an "unknown object"."""
+    if isinstance(exc, (Pyro5.errors.ProtocolError, Pyro5.errors.DaemonError)):
+        return True
+    return isinstance(exc, Pyro5.errors.CommunicationError) and str(exc).endswith(
+        "rejected: unknown object"
+    )
+
+
 def ns_proxy(host: str, port: int, timeout: float) -> Any:
     """A proxy for Pyro5's name server at host:port, with a timeout; no broadcast."""
     proxy = Proxy(f"PYRO:{NS_OBJECT}@{_uri_host(host)}:{port}")
@@ -132,12 +146,13 @@ def wait_for_nameserver(
         try:
             with ns_proxy(host, port, timeout) as proxy:
                 proxy.ping()
-        except (Pyro5.errors.ProtocolError, Pyro5.errors.DaemonError) as exc:
-            # it answers, in another protocol or as another Pyro5 daemon
-            raise NameServerUnavailableError.not_a_name_server(
-                host, port, exc
-            ) from None
-        except Pyro5.errors.CommunicationError as exc:
+        except Pyro5.errors.PyroError as exc:
+            if not_a_name_server(exc) or not isinstance(
+                exc, Pyro5.errors.CommunicationError
+            ):  # it answers, but in another protocol or as another Pyro5 daemon
+                raise NameServerUnavailableError.not_a_name_server(
+                    host, port, exc
+                ) from None
             left = deadline - time.monotonic()
             if left <= 0:
                 raise NameServerUnavailableError.at(
@@ -160,3 +175,27 @@ def wait_for_nameserver(
         if waiting:
             log.info("the name server at %s:%d answers", host, port)
         return True
+
+
+def remove_node(host: str, port: int, node: str, uri: object, timeout: float) -> bool:
+    """Remove ``node``'s two registrations from the name server at host:port, if its
+    TaskRunner's name still points at ``uri`` (the registration seen dead, not one a
+    restarted node made since); True if they were removed.
+
+    Pyro5's name server has no compare-and-remove: a node that registers again
+    between the look-up and the removal loses its names until it checks them (every
+    few seconds) and registers again.
+    """
+    try:
+        with ns_proxy(host, port, timeout) as proxy:
+            try:
+                current = proxy.lookup(tasks_name(node))
+            except Pyro5.errors.NamingError:
+                return False  # gone already
+            if str(current) != str(uri):
+                return False  # registered again meanwhile: not the dead one
+            proxy.remove(tasks_name(node))
+            proxy.remove(registry_name(node))
+    except Pyro5.errors.PyroError as exc:
+        raise NameServerUnavailableError.at(host, port, exc) from None
+    return True

@@ -388,9 +388,11 @@ def _refuse_if_live(name: str, ns: tuple[str, int], timeout: float) -> bool:
             uri = proxy.lookup(naming.tasks_name(name))
     except Pyro5.errors.NamingError:
         return False  # not registered
-    except (Pyro5.errors.ProtocolError, Pyro5.errors.DaemonError) as exc:
-        raise NameServerUnavailableError.not_a_name_server(host, port, exc) from None
-    except Pyro5.errors.CommunicationError as exc:
+    except Pyro5.errors.PyroError as exc:
+        if naming.not_a_name_server(exc):
+            raise NameServerUnavailableError.not_a_name_server(
+                host, port, exc
+            ) from None
         raise NameServerUnavailableError(
             f"node {name!r} cannot reach the name server at {host}:{port}: {exc} "
             "(start one with 'pyrokv nameserver', or point --ns at it)"
