@@ -19,6 +19,7 @@ from typing import Any
 from . import __version__, logs
 from .config import Settings, unknown_variables
 from .errors import (
+    BucketNotFoundError,
     ConfigError,
     InvalidTableError,
     ListenError,
@@ -26,6 +27,7 @@ from .errors import (
     PyroKVError,
 )
 from .flags import add_setting_flags, settings_for
+from .protocol import VERBS
 from .settings import CONFIG_FLAG, PASSWORD_ENV, known_environment
 from .table import check_node_name
 
@@ -57,6 +59,40 @@ class _NoConfig(argparse.Action):
             "with fixed settings and reads no config file; run a cluster from a "
             "config file with 'pyrokv up --config FILE'"
         )
+
+
+#: The commands that run one verb of the text protocol on a bucket's owner, and
+#: their help. Each takes the verb's words (protocol.VERBS) as its arguments.
+DIRECT = {
+    "create": "create a bucket",
+    "put": "set a key of a bucket to a value (stored as the text given)",
+    "get": "print the value of a key of a bucket",
+    "delete": "remove a key from a bucket",
+    "keys": "print the keys of a bucket, one per line, sorted",
+}
+DIRECT_OUTPUT = {
+    "create": "Prints OK.",
+    "put": "Prints OK. VALUE is stored as the text given (pyrokv call reads literals).",
+    "get": "Prints the value; a missing key or bucket prints nothing and exits 1.",
+    "delete": "Prints OK, whether the key was there or not.",
+    "keys": "Prints each key on a line of its own, sorted.",
+}
+
+
+PARAM_HELP = {
+    "BUCKET": "the bucket; its first byte picks the node that owns it",
+    "KEY": "the key",
+    "VALUE": "the value, stored as this text",
+}
+
+
+def _via(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--via",
+        metavar="NODE",
+        type=_node_name,
+        help="node whose router starts the route (default: the first live node)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -102,13 +138,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("func", metavar="FUNC", help="the task: pyrokv.tasks.get, or get")
     # default=[]: else argparse names ARG among the missing arguments
     p.add_argument("args", metavar="ARG", nargs="*", default=[], help="its arguments")
+    _via(p)
+    add_setting_flags(p, "call")
+
+    for command, summary in DIRECT.items():
+        verb = VERBS[command.upper().encode()]
+        p = commands.add_parser(
+            command,
+            help=summary,
+            description=f"{summary[0].upper()}{summary[1:]}: {verb.task_name} on the "
+            "node that owns BUCKET (routed by its first byte, as the text protocol's "
+            f"{verb.usage}). {DIRECT_OUTPUT[command]}",
+        )
+        for param in verb.params:
+            p.add_argument(param.lower(), metavar=param, help=PARAM_HELP[param])
+        _via(p)
+        add_setting_flags(p, command)
+
+    p = commands.add_parser(
+        "tasks",
+        help="list the tasks a node runs, with their signatures",
+        description="List the tasks a node allows (the public functions of its "
+        "allowlisted modules), one per line: the dotted name with its signature, "
+        "then the first line of its docstring.",
+    )
     p.add_argument(
         "--via",
         metavar="NODE",
         type=_node_name,
-        help="node whose router starts the route (default: any live node)",
+        help="the node to ask (default: the first live node by name)",
     )
-    add_setting_flags(p, "call")
+    add_setting_flags(p, "tasks")
 
     p = commands.add_parser(
         "up",
@@ -353,6 +413,72 @@ def _call(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _direct(args: argparse.Namespace, settings: Settings) -> int:
+    """``pyrokv create|put|get|delete|keys``: the verb's task, routed by its bucket."""
+    from .client import Client
+
+    verb = VERBS[args.command.upper().encode()]
+    words = [getattr(args, param.lower()) for param in verb.params]
+    _tls(settings)
+    with Client(settings.ns, via=args.via, timeout=settings.timeout) as client:
+        try:
+            result = client.route(words[0], verb.task_name, words)
+        except BucketNotFoundError:
+            if args.command == "get":
+                return 1  # as a missing key: nothing on stdout or stderr
+            raise
+        except PyroKVError:
+            raise
+        except Exception as exc:  # raised by the task on its node: report, no traceback
+            _report(exc)
+            return 1
+    if args.command == "get":
+        if result is None:
+            return 1
+        _print(_shown(result))
+    elif args.command == "keys":
+        for key in result:
+            _print(_shown(key))
+    else:
+        _print("OK")
+    return 0
+
+
+def _shown(value: Any) -> str:
+    """A value as the command line prints it: text as it is, anything else (stored
+    by the Python client) as its repr."""
+    return value if isinstance(value, str) else repr(value)
+
+
+def _print(text: str) -> None:
+    """Print a line of text holding any bytes the text protocol stored (words are
+    decoded with surrogateescape), whatever stdout's encoding."""
+    try:
+        print(text)
+    except UnicodeEncodeError:
+        sys.stdout.flush()
+        sys.stdout.buffer.write(text.encode("utf-8", "surrogateescape") + b"\n")
+        sys.stdout.buffer.flush()
+
+
+def _tasks(args: argparse.Namespace, settings: Settings) -> int:
+    """``pyrokv tasks``: what a node runs, with signatures."""
+    from .client import Client, node_tasks
+
+    _tls(settings)
+    node = args.via
+    if node is None:
+        with Client(settings.ns, timeout=settings.timeout) as client:
+            node = client.node
+    found = node_tasks(settings.ns, node, settings.timeout)
+    width = max((len(name) + len(signature) for name, signature, _ in found), default=0)
+    width = min(width, 48)  # a long signature pushes its own summary only
+    for name, signature, summary in found:
+        called = f"{name}{signature}"
+        _print(f"{called.ljust(width)}  {summary}".rstrip())
+    return 0
+
+
 #: What ``pyrokv status`` exits with when the name server cannot be reached (a
 #: NameServerUnavailableError exits 1 from every other command, as documented).
 STATUS_NO_NAMESERVER = 3
@@ -525,4 +651,6 @@ COMMANDS = {
     "demo": _demo,
     "status": _status,
     "config": _config,
+    **dict.fromkeys(DIRECT, _direct),
+    "tasks": _tasks,
 }

@@ -45,6 +45,7 @@ __all__ = [
     "Pipeline",
     "list_nodes",
     "node_status",
+    "node_tasks",
     "parse_ns",
 ]
 
@@ -117,6 +118,21 @@ def parse_ns(ns: object) -> tuple[str, int]:
         f"invalid name server address {ns!r}: expected 'HOST:PORT' or "
         "(host, port), for example '127.0.0.1:9090' or ('127.0.0.1', 9090)"
     )
+
+
+def node_tasks(
+    ns: tuple[str, int], node: str, timeout: float = DEFAULT_TIMEOUT
+) -> list[list[str]]:
+    """The tasks node ``node`` runs, as ``[name, signature, summary]`` each, sorted
+    (``pyrokv tasks``; see :meth:`pyrokv.TaskRunner.tasks`)."""
+    router = Router(RoutingTable(), None, ns=ns, timeout=timeout)
+    try:
+        found: list[list[str]] = router.proxies.call(
+            node, timeout, lambda proxy, _inner: proxy.tasks(), []
+        )
+    finally:
+        router.close()
+    return found
 
 
 class Client:

@@ -246,6 +246,38 @@ class TaskRunner:
             info.update(self.describe())
         return info
 
+    @_exposed
+    def tasks(self) -> list[list[str]]:
+        """The tasks this node runs (``pyrokv tasks``): ``[name, signature, summary]``
+        for each public function of each allowlisted module, sorted by name.
+
+        Only allowlisted modules are imported, as :meth:`run` would import them; one
+        that cannot be imported here is listed by its name, saying why.
+        """
+        found: list[list[str]] = []
+        for module_name in self.allow:
+            try:
+                module = importlib.import_module(module_name)
+            except Exception as exc:  # allowlisted, but not installed on this node
+                why = f"cannot be imported on this node: {type(exc).__name__}: {exc}"
+                found.append([module_name, "", why])
+                continue
+            for name, function in vars(module).items():
+                if (
+                    _DOTTED.fullmatch(name)
+                    and isinstance(function, types.FunctionType)
+                    and function.__module__ == module_name
+                    and function.__qualname__ == name
+                ):  # what _resolve would run
+                    found.append(
+                        [
+                            f"{module_name}.{name}",
+                            _signature(function),
+                            _summary(function),
+                        ]
+                    )
+        return sorted(found)
+
     def _resolve(self, func: object) -> Callable[..., Any]:
         if not isinstance(func, str) or not _DOTTED.fullmatch(func) or "." not in func:
             raise TaskNotAllowedError(
@@ -301,6 +333,43 @@ def _send_group(
     except Exception as exc:
         return [[False, exc] for _ in indexes]
     return replies
+
+
+class _Shown(str):
+    """An annotation kept as text (``from __future__ import annotations``), shown
+    without the quotes ``inspect`` puts around a string."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
+def _signature(function: Callable[..., Any]) -> str:
+    """``(bucket: str, key: Any) -> Any``: the signature as the source writes it."""
+    try:
+        signature = inspect.signature(function)
+    except (TypeError, ValueError):
+        return "(...)"
+
+    def shown(annotation: Any) -> Any:
+        return _Shown(annotation) if isinstance(annotation, str) else annotation
+
+    parameters = [
+        p.replace(annotation=shown(p.annotation)) for p in signature.parameters.values()
+    ]
+    return str(
+        signature.replace(
+            parameters=parameters,
+            return_annotation=shown(signature.return_annotation),
+        )
+    )
+
+
+def _summary(function: Callable[..., Any]) -> str:
+    """The first line of the function's docstring, or nothing."""
+    doc = inspect.getdoc(function) or ""
+    return doc.strip().splitlines()[0] if doc.strip() else ""
 
 
 def _label(func: str) -> str:

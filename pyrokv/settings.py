@@ -40,6 +40,7 @@ from .runner import check_module_name
 from .table import RoutingTable
 
 __all__ = [
+    "CLIENT_COMMANDS",
     "CONFIG_ENV",
     "CONFIG_FLAG",
     "CONFIG_HELP",
@@ -64,8 +65,10 @@ CONFIG_HELP = (
     f"settings file (default: ${CONFIG_ENV}, else ./{DEFAULT_CONFIG} when present)"
 )
 
+#: The commands that send requests to a node (``--via NODE``, ``--ns``, ``--timeout``).
+CLIENT_COMMANDS = ("call", "create", "put", "get", "delete", "keys", "tasks")
 #: The commands that talk Pyro5, and so take the TLS flags.
-PYRO5_COMMANDS = ("nameserver", "node", "call", "up", "status", "config")
+PYRO5_COMMANDS = ("nameserver", "node", *CLIENT_COMMANDS, "up", "status", "config")
 
 
 @dataclass(frozen=True)
@@ -325,7 +328,7 @@ SETTINGS = (
         "longest a routed request may take, in seconds",
         show=_show_seconds,
         flag="--timeout",
-        commands=("node", "call"),
+        commands=("node", *CLIENT_COMMANDS),
         env="PYROKV_TIMEOUT",
         metavar="SECONDS",
         start_node=True,
@@ -571,7 +574,7 @@ NS = Shorthand(
     parse=parse_address,
     flag="--ns",
     env="PYROKV_NS",
-    commands=("node", "call", "status", "config"),
+    commands=("node", *CLIENT_COMMANDS, "status", "config"),
     help="the name server",
     metavar="HOST:PORT",
     dest="ns",

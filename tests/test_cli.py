@@ -33,7 +33,9 @@ def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
         main(["--help"])
     assert info.value.code == 0
     out = capsys.readouterr().out
-    for command in ("nameserver", "node", "call", "status", "config"):
+    for command in ("nameserver", "node", "call", "status", "config", "up", "demo"):
+        assert f"    {command}" in out
+    for command in ("create", "put", "get", "delete", "keys", "tasks"):
         assert f"    {command}" in out
 
 
@@ -61,6 +63,12 @@ def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
         ["node", "foo", "--port", "70000"],
         ["call", "b", "f", "--via", "no.such"],
         ["status", "--json", "--frobnicate"],
+        ["get", "b"],
+        ["put", "b", "k"],
+        ["create"],
+        ["keys", "b", "extra"],
+        ["delete", "b", "k", "--via", ""],
+        ["tasks", "--via", "a b"],
         ["demo", "--config", "x.conf"],
         ["up", "--listen", "127.0.0.1:1"],
     ],
@@ -84,6 +92,8 @@ def test_every_usage_error_exits_2(
         ("[node foo]\nallow = _evil\n", ["node", "foo"]),
         ("[nameserver]\nport = x\n", ["status"]),
         ("[clutser]\n", ["call", "b", "f"]),
+        ("[cluster]\ntimeout = 0\n", ["get", "b", "k"]),
+        ("[node x]\nlisten = nowhere\n", ["tasks"]),
     ],
 )
 def test_every_configuration_error_exits_2(

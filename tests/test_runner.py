@@ -151,3 +151,25 @@ def test_type_errors_inside_a_task_pass_through() -> None:
     with pytest.raises(TypeError, match="unhashable") as info:
         runner.run("pyrokv.tasks.put", ["b", ["list", "key"], 1])
     assert not isinstance(info.value, TaskArgumentError)
+
+
+def test_tasks_lists_exactly_what_run_would_run(canary: str) -> None:
+    """tasks() lists the functions run() accepts, with signatures; a module that is
+    missing is listed by name with the reason; nothing else leaks."""
+    missing = "no_such_module_anywhere"
+    runner = TaskRunner("foo", Registry(), ["pyrokv.tasks", canary, missing])
+    listed = {name: (signature, summary) for name, signature, summary in runner.tasks()}
+    assert listed[f"{canary}.ok"] == ("(x, y=2)", "")
+    assert listed["pyrokv.tasks.put"] == (
+        "(bucket: str, key: Any, value: Any) -> None",
+        "Set ``key`` to ``value`` in ``bucket`` on this node.",
+    )
+    signature, why = listed[missing]
+    assert signature == ""
+    assert why.startswith("cannot be imported on this node: ModuleNotFoundError")
+    mine = {name for name in listed if name.startswith(f"{canary}.")}
+    assert mine == {f"{canary}.ok"}  # no os, join, borrowed, _private, lam, Thing
+    for name in listed:
+        if name != missing:
+            runner._resolve(name)  # each one passes the allowlist check
+    assert [row[0] for row in runner.tasks()] == sorted(listed)
