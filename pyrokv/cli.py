@@ -28,7 +28,7 @@ from .errors import (
 )
 from .flags import add_setting_flags, settings_for
 from .protocol import VERBS
-from .settings import CONFIG_FLAG, PASSWORD_ENV, known_environment
+from .settings import CONFIG_FLAG, PASSWORD_ENV, SETTINGS, known_environment
 from .table import check_node_name
 
 __all__ = ["main"]
@@ -278,10 +278,11 @@ def _nameserver(args: argparse.Namespace, settings: Settings) -> int:
     try:
         uri, daemon = make_nameserver(host, port, tls)
     except OSError as exc:
+        how = _how_to_set("nameserver", "port", args.up_child)
         raise ListenError(
             f"cannot start the name server on {host}:{port}: {exc.strerror or exc} "
             "(is another one running there, or a cluster of 'pyrokv up'? pick another "
-            "port with --port, or as port under [nameserver] in the config file)"
+            f"port: {how})"
         ) from None
     loop = threading.Thread(target=daemon.requestLoop, daemon=True)
     with StopSignals() as signals:
@@ -301,7 +302,7 @@ def _node(args: argparse.Namespace, settings: Settings) -> int:
 
     logs.configure(settings.get("cluster", "log_level"), args.name)
     options = settings.node_options(args.name)
-    _check_node_host(args.name, options["host"], settings.ns_host)
+    _check_node_host(args.name, options["host"], settings.ns_host, args.up_child)
     password = os.environ.get(PASSWORD_ENV)
     origin = settings.origin(f"node {args.name}", "password_file")
     if password is not None and not origin.startswith("flag"):
@@ -315,27 +316,56 @@ def _node(args: argparse.Namespace, settings: Settings) -> int:
         f"node {args.name!r}", options["host"], options["listen"], tls=tls is not None
     )
     ns_wait = settings.get("cluster", "ns_wait")
-    return serve_node(args.name, ns=settings.ns, tls=tls, ns_wait=ns_wait, **options)
+    try:
+        return serve_node(
+            args.name, ns=settings.ns, tls=tls, ns_wait=ns_wait, **options
+        )
+    except ListenError as exc:
+        if exc.setting is None:
+            raise
+        how = _how_to_set("node", exc.setting, args.up_child, args.name)
+        why = "is another process using it? " if exc.setting == "listen" else ""
+        free = "; 0 takes any free port" if exc.setting == "port" else ""
+        raise ListenError(f"{exc} ({why}pick another: {how}{free})") from None
+
+
+def _how_to_set(
+    section_name: str, key: str, up_child: bool, node: str | None = None
+) -> str:
+    """How the user changes a setting from where they stand: its flag, or its key
+    in the config file, whichever the command they ran takes (a process that
+    ``pyrokv up`` started reads the config file only; ``pyrokv node`` by hand takes
+    no up-only key from it)."""
+    setting = next(s for s in SETTINGS if (s.section, s.key) == (section_name, key))
+    title = f"[node {node}]" if section_name == "node" else f"[{section_name}]"
+    in_file = f"{key} under {title} in the config file"
+    if up_child or setting.flag is None:
+        return in_file
+    if setting.up_only:
+        return str(setting.flag)
+    return f"{setting.flag}, or {in_file}"
 
 
 _LOOPBACK = ("127.", "localhost", "::1")
 
 
-def _check_node_host(name: str, host: str, ns_host: str) -> None:
+def _check_node_host(name: str, host: str, ns_host: str, up_child: bool) -> None:
     """Refuse a bind address others cannot dial; warn when it cannot leave this host.
 
     A node registers the address it binds: it is what other nodes connect to.
     """
+    how = _how_to_set("node", "host", up_child, name)
     if host in ("0.0.0.0", "::", ""):
         raise ConfigError(
-            f"node {name!r} cannot register --host {host or repr(host)}: other nodes "
-            "would dial that address; give the address they reach this host by"
+            f"node {name!r} cannot register host {host or repr(host)}: other nodes "
+            f"would dial that address; give the address they reach this host by "
+            f"({how})"
         )
     if host.startswith(_LOOPBACK) and not ns_host.startswith(_LOOPBACK):
         print(
             f"pyrokv: warning: node {name!r} binds {host} but registers with the name "
             f"server at {ns_host}: nodes on other hosts cannot reach {host}; "
-            "give --host the address they reach this host by",
+            f"give the address they reach this host by ({how})",
             file=sys.stderr,
             flush=True,
         )

@@ -427,7 +427,8 @@ class _Denier:
             return
         reason = (
             f"no free workers: all {Pyro5.api.config.THREADPOOL_SIZE} are busy; try "
-            "again, or start the node with a larger --workers"
+            "again, or give this node or name server more (its --workers, or "
+            "workers in the config file)"
         )
 
         def deny() -> None:

@@ -223,6 +223,19 @@ class NameTakenError(PyroKVError):
 class ListenError(PyroKVError):
     """A node or name server cannot listen on its address (taken, or not this host's)."""
 
+    #: The setting that names the address (``port`` or ``listen`` of
+    #: ``[node NAME]``), where :func:`pyrokv.start_node` raised it: the command
+    #: line adds how to change it from where the user is (None once rebuilt from
+    #: the wire).
+    setting: str | None = None
+
+    @classmethod
+    def of(cls, setting: str, message: str) -> ListenError:
+        """The error for the address that ``[node NAME] setting`` names."""
+        error = cls(message)
+        error.setting = setting
+        return error
+
 
 class NothingToStartError(PyroKVError):
     """``pyrokv up`` found no ``[node NAME]`` section to start (a configuration

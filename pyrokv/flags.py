@@ -32,10 +32,13 @@ from .settings import (
 
 __all__ = ["UP_CHILD", "add_setting_flags", "settings_for"]
 
-#: Hidden flag of ``pyrokv node``: take every [node NAME] setting from --config,
-#: those that serve ``pyrokv up`` only (listen) included. ``pyrokv up`` starts its
-#: nodes with it and the config file it writes for them.
+#: Hidden flag of ``pyrokv node`` and ``pyrokv nameserver``: ``pyrokv up`` started
+#: this process, with the config file it wrote for it. A node then takes every
+#: [node NAME] setting from --config, those that serve ``pyrokv up`` only (listen)
+#: included; and hints name keys of the config file, not flags ``up`` lacks.
 UP_CHILD = "--up-child"
+#: The commands that take it.
+UP_CHILD_COMMANDS = ("node", "nameserver")
 
 
 def _parse(
@@ -153,7 +156,7 @@ def add_setting_flags(parser: argparse.ArgumentParser, command: str) -> None:
             setting=s,
             help=_help(s),
         )
-    if any(s.up_only and command in s.commands for s in SETTINGS):
+    if command in UP_CHILD_COMMANDS:
         parser.add_argument(UP_CHILD, action="store_true", help=argparse.SUPPRESS)
 
 
@@ -169,8 +172,8 @@ def settings_for(
     """
     settings = load_settings(args.config, environ)
     name = getattr(args, "name", None)  # pyrokv node NAME
-    if hasattr(args, "up_child") and not args.up_child:
-        settings = settings.for_node_by_hand(args.name)
+    if name is not None and not args.up_child:
+        settings = settings.for_node_by_hand(name)
     given = getattr(args, NS.dest, None)
     if given is not None:
         for key, value in zip(NS.keys, given, strict=True):

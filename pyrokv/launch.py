@@ -10,7 +10,7 @@ from typing import TextIO
 
 from .client import Client
 from .cluster import Child, LocalCluster, spawn_nameserver, spawn_node, write_secret
-from .config import Settings, save_settings
+from .config import BUILT_IN, Settings, save_settings
 from .errors import ChildError, NothingToStartError, PyroKVError
 from .flags import UP_CHILD
 from .naming import parse_address
@@ -85,7 +85,8 @@ def _start(
     nameserver --config CONFIG``. Once it runs, ``config`` is written again with its
     real address, and each node starts as ``pyrokv node NAME --config CONFIG
     --up-child``: the whole [node NAME] section, listen included, and nothing
-    rebuilt as flags.
+    rebuilt as flags. With ``--up-child`` both also name keys of the config file in
+    their hints, not flags that ``up`` lacks.
     """
     if settings.get("cluster", "secret_file") is None:
         # A secret per cluster, beside the config: its nodes open peer links to
@@ -95,7 +96,7 @@ def _start(
         settings = settings.set("cluster", "secret_file", secret, "pyrokv up")
     save_settings(settings, config)
     try:
-        ns_child, ns = spawn_nameserver(None, None, config=config)
+        ns_child, ns = spawn_nameserver(None, None, config=config, extra=[UP_CHILD])
     except ChildError as exc:
         raise ChildError(
             f"the name server did not start: {_child_failure(exc.child)}"
@@ -136,11 +137,13 @@ def _print_up(
         print(f"  nc {host} {port}          then type: CREATE shopping", file=out)
         print("                                     PUT shopping milk 1", file=out)
         print("                                     GET shopping milk", file=out)
-    config = (
-        "" if settings.source == "built-in defaults" else f" --config {settings.source}"
-    )
-    print(f"  pyrokv call hello node_name --ns {ns[0]}:{ns[1]}{config}", file=out)
-    print(f"  pyrokv status --ns {ns[0]}:{ns[1]}", file=out)
+    config = "" if settings.source == BUILT_IN else f" --config {settings.source}"
+    at = f"--ns {ns[0]}:{ns[1]}{config}"
+    print(f"  pyrokv create shopping {at}", file=out)
+    print(f"  pyrokv put shopping milk 1 {at}", file=out)
+    print(f"  pyrokv get shopping milk {at}", file=out)
+    print(f"  pyrokv call hello node_name {at}", file=out)
+    print(f"  pyrokv status {at}", file=out)
     print("\nCtrl-C stops every process.", file=out, flush=True)
 
 

@@ -281,10 +281,9 @@ def start_node(
     try:
         daemon = make_daemon(host, port, tls)
     except OSError as exc:
-        raise ListenError(
-            f"node {name!r} cannot listen on {host}:{port}: {exc.strerror or exc}"
-            f" (pick another with --port, or as port under [node {name}] in the "
-            "config file; 0 takes any free port)"
+        raise ListenError.of(
+            "port",
+            f"node {name!r} cannot listen on {host}:{port}: {exc.strerror or exc}",
         ) from None
     registry = Registry()
     runner = TaskRunner(name, registry, allow)
@@ -312,11 +311,10 @@ def start_node(
             )
         except OSError as exc:
             daemon.close()
-            raise ListenError(
+            raise ListenError.of(
+                "listen",
                 f"node {name!r} cannot serve the text protocol on "
-                f"{listen[0]}:{listen[1]}: {exc.strerror or exc} (is another node "
-                "using that port? pick another with --listen, or as listen under "
-                f"[node {name}] in the config file)"
+                f"{listen[0]}:{listen[1]}: {exc.strerror or exc}",
             ) from None
     if metrics is not None:
         try:
@@ -351,15 +349,22 @@ def _text_tls(
     """The text port's TLS context (``--listen-tls``), or None; a ConfigError when
     the options do not go together."""
     if verify_client and not listen_tls:
-        raise ConfigError("--listen-tls-verify-client goes with --listen-tls")
+        raise ConfigError(
+            "--listen-tls-verify-client (listen_tls_verify_client) goes with "
+            "--listen-tls (listen_tls)"
+        )
     if not listen_tls:
         return None
     if listen is None:
-        raise ConfigError("--listen-tls needs --listen HOST:PORT (the text port)")
+        raise ConfigError(
+            "--listen-tls (listen_tls) needs a text port: --listen HOST:PORT "
+            "(listen under [node NAME], for 'pyrokv up')"
+        )
     if tls is None:
         raise ConfigError(
-            "--listen-tls serves the text port with this node's certificate: give "
-            "--tls-cert, --tls-key and --tls-ca (or [tls] cert, key, ca)"
+            "--listen-tls (listen_tls) serves the text port with this node's "
+            "certificate: give --tls-cert, --tls-key and --tls-ca (or [tls] cert, "
+            "key, ca)"
         )
     return tls.text_context(verify_client)
 

@@ -289,7 +289,8 @@ class TaskRunner:
             raise TaskNotAllowedError(
                 f"task {func!r} is not allowed on node {self.node!r}: module "
                 f"{module_name!r} is not in its allowlist {self.allow} "
-                "(start the node with --allow MODULE to add one)"
+                "(add one with the node's --allow MODULE, or allow under "
+                f"[node {self.node}] in the config file)"
             )
         module = importlib.import_module(module_name)
         function = getattr(module, name, None)

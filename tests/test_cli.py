@@ -189,6 +189,10 @@ def test_nameserver_refuses_a_port_in_use() -> None:
         done = run("nameserver", "--host", host, "--port", str(port))
         assert done.returncode == 1
         assert f"cannot start the name server on {host}:{port}" in done.stderr
+        assert (
+            "pick another port: --port, or port under [nameserver] in the config "
+            "file)\n"
+        ) in done.stderr
         assert "Traceback" not in done.stderr
     finally:
         assert child.stop() == 0
@@ -206,6 +210,45 @@ def test_node_without_a_name_server_exits_1() -> None:
     assert "waited 0.5s for it" in waited.stderr
     assert "waiting up to 0.5s for it" in waited.stderr  # the log line
     assert "Traceback" not in waited.stderr
+
+
+@pytest.mark.distributed
+def test_a_node_by_hand_is_told_the_flags_it_takes(
+    guide: tuple[str, int], unique: str
+) -> None:
+    """A node's port or text port in use: the hint names its own flags (and the
+    config key where pyrokv node reads one)."""
+    ns = f"{guide[0]}:{guide[1]}"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = str(taken.getsockname()[1])
+        name = f"busy{unique}"
+        port = run("node", name, "--ns", ns, "--port", busy, "--config", os.devnull)
+        listen = run(
+            "node",
+            name,
+            "--ns",
+            ns,
+            "--listen",
+            f"127.0.0.1:{busy}",
+            "--config",
+            os.devnull,
+        )
+    assert port.returncode == 1
+    assert port.stderr.endswith(
+        f"(pick another: --port, or port under [node {name}] in the config file; "
+        "0 takes any free port)\n"
+    )
+    assert listen.returncode == 1
+    assert listen.stderr.endswith(
+        "(is another process using it? pick another: --listen)\n"
+    )
+    wild = run("node", name, "--ns", ns, "--host", "0.0.0.0", "--config", os.devnull)
+    assert wild.returncode == 2
+    assert wild.stderr.endswith(
+        f"(--host, or host under [node {name}] in the config file)\n"
+    )
 
 
 def free_port() -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shlex
 import signal
 import socket
 import stat
@@ -118,6 +119,15 @@ def test_up_starts_the_cluster_and_ctrl_c_stops_every_child(
         foo = next(line for line in lines if "node foo" in line)
         listen = foo.split("text protocol on ")[1].split(";")[0]
         assert "pyrokv call hello node_name" in text
+        for word, printed in (("create", "OK\n"), ("put", "OK\n"), ("get", "1\n")):
+            told = next(x for x in lines if x.startswith(f"  pyrokv {word} "))
+            done = subprocess.run(
+                [sys.executable, "-m", *shlex.split(told)],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert (done.returncode, done.stdout) == (0, printed), done.stderr
         kids = children_of(proc.pid)
         assert len(kids) == 3  # name server, foo, bar
         with Conn(listen) as c:
@@ -170,9 +180,9 @@ def test_up_hands_its_children_the_config(tmp_path: Path) -> None:
         )
         kids = children_of(proc.pid)
         commands = sorted(pyrokv_args(pid) for pid in kids)
-        handed = Path(commands[0][-1])
+        handed = Path(commands[0][2])
         assert commands == [
-            ["nameserver", "--config", str(handed)],
+            ["nameserver", "--config", str(handed), "--up-child"],
             *(
                 ["node", name, "--config", str(handed), "--up-child"]
                 for name in ("bar", "baz", "foo")
@@ -244,6 +254,11 @@ def test_up_with_a_port_in_use_says_so_and_leaves_nothing(tmp_path: Path) -> Non
         in done.stderr
     )
     assert "Address already in use" in done.stderr
+    # the hint names what up takes: the config file, not nameserver's --port
+    assert "pick another port: port under [nameserver] in the config file)" in (
+        done.stderr
+    )
+    assert "--port" not in done.stderr
     assert "Traceback" not in done.stderr
 
 
@@ -260,6 +275,8 @@ def test_up_with_a_text_port_in_use_stops_the_rest(tmp_path: Path) -> None:
         code, _out, err, seen = run_watching_children("up", "--config", str(conf))
     assert code == 1
     assert "node 'foo' did not start: node 'foo' cannot serve the text protocol" in err
+    assert "pick another: listen under [node foo] in the config file)" in err
+    assert "--listen" not in err  # up has no such flag
     assert gone(seen)
 
 
