@@ -1,7 +1,9 @@
 """The ``pyrokv`` command line: ``main(argv) -> exit code``.
 
 Exit codes: 0 success; 1 a pyrokv error (printed as ``pyrokv: ClassName: text`` on
-stderr, never a traceback); 2 a usage or configuration error.
+stderr, never a traceback); 2 a usage or configuration error, wherever it is given
+(flag, config file, environment); 3 ``pyrokv status`` only, when the name server
+cannot be reached (docs/cli.md).
 """
 
 from __future__ import annotations

@@ -274,7 +274,8 @@ def load_settings(
     environ: Mapping[str, str] | None = None,
 ) -> Settings:
     """Read the config file (``path``, else ``$PYROKV_CONFIG``, else ./nameserver.conf
-    if present), then the ``PYROKV_*`` environment variables."""
+    if present), then the ``PYROKV_*`` environment variables (an unknown one is
+    ignored: see :func:`unknown_variables`)."""
     environ = os.environ if environ is None else environ
     settings = Settings()
     if path is None:
