@@ -15,6 +15,8 @@ from pyrokv.cli import main
 from pyrokv.client import list_nodes
 from pyrokv.cluster import Child, spawn_nameserver
 
+GUIDE = "a..m=foo, n..z=bar"
+
 
 def run(*argv: str) -> subprocess.CompletedProcess[str]:
     """Run ``python -m pyrokv`` as a user would, with no config file around."""
@@ -173,12 +175,14 @@ def test_call_prints_results_and_errors(guide: tuple[str, int], unique: str) -> 
 def test_status_lists_nodes(guide: tuple[str, int]) -> None:
     """pyrokv status shows each node, its address, liveness and table."""
     done = run("status", "--ns", f"{guide[0]}:{guide[1]}")
-    assert done.returncode == 0
     lines = done.stdout.splitlines()
     assert lines[0].split()[:4] == ["NODE", "ADDRESS", "TEXT", "STATE"]
-    rows = {line.split()[0]: line for line in lines[1:]}
-    assert "alive" in rows["foo"] and "a..m=foo, n..z=bar" in rows["foo"]
-    assert "alive" in rows["bar"]
+    table = [line.split() for line in lines[1:] if " is down: " not in line]
+    rows = {row[0]: row for row in table}
+    assert rows["foo"][3] == "alive" and " ".join(rows["foo"][8:]) == GUIDE
+    assert rows["bar"][3] == "alive"
+    # the session's name server may hold nodes other tests killed: exit 1 then
+    assert done.returncode == (0 if all(row[3] == "alive" for row in table) else 1)
 
 
 @pytest.mark.distributed

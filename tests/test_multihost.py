@@ -180,7 +180,7 @@ def test_routes_across_hosts(cluster: Cluster) -> None:
     assert status.returncode == 0, status.stderr
     rows = {line.split()[0]: line.split() for line in status.stdout.splitlines()[1:]}
     for name in ("foo", "bar"):
-        address, state = rows[name][1:3]
+        address, _text, state = rows[name][1:4]
         assert address.startswith(f"{getattr(c, name).address}:"), status.stdout
         assert state == "alive", status.stdout
 
