@@ -319,6 +319,7 @@ class _Connection(asyncio.Protocol):
             if decision is None:  # no entry: decide() raises the error, naming it
                 decision = routing.decide(words[1].decode("utf-8", "surrogateescape"))
         except Exception as exc:
+            self.server.stats.requests.error[verb.name.decode()] += 1
             out.append(protocol.error_reply(exc))
             return
         assert isinstance(decision, Hop)

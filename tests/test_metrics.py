@@ -64,6 +64,7 @@ def test_metrics_count_what_was_sent(watched: tuple[Child, Child]) -> None:
         for line in ("CREATE apple", "PUT apple k v", "PUT apple j w", "GET apple k"):
             assert c.ask(line).endswith(b"OK")
         assert c.ask("GET nosuch k") == b"NOT FOUND"
+        assert c.ask("GET 1abc k").startswith(b"ERROR could not find entry")
         for line in ("CREATE zoo", "PUT zoo k v", "GET zoo k"):
             assert c.ask(line).endswith(b"OK")
         samples = scrape(foo)
@@ -73,7 +74,7 @@ def test_metrics_count_what_was_sent(watched: tuple[Child, Child]) -> None:
 
     assert count("pyrokv_requests_total", verb="PUT", outcome="ok") == 3
     assert count("pyrokv_requests_total", verb="GET", outcome="ok") == 2
-    assert count("pyrokv_requests_total", verb="GET", outcome="error") == 1
+    assert count("pyrokv_requests_total", verb="GET", outcome="error") == 2
     assert count("pyrokv_requests_total", verb="CREATE", outcome="ok") == 2
     assert count("pyrokv_routed_total", owner=owner) == 4  # zoo x3, nosuch
     assert count("pyrokv_keys") == 2
