@@ -53,6 +53,24 @@ class Registry:
         except TypeError:
             return sorted(found, key=repr)
 
+    def extract(self, names: list[str]) -> dict[str, dict[Any, Any]]:
+        """Remove the buckets ``names`` (those that exist) and return them: a hand-off.
+
+        Used when a bucket's owner changes (docs/routing.md): the old owner extracts
+        it, the new owner :meth:`install`\ s it.
+        """
+        taken = {}
+        for name in names:
+            bucket = self._buckets.pop(name, None)
+            if bucket is not None:
+                taken[name] = bucket
+        return taken
+
+    def install(self, buckets: dict[str, dict[Any, Any]]) -> None:
+        """Add ``buckets`` (name -> its keys and values), replacing any of the same name."""
+        for name, items in buckets.items():
+            self._buckets[name] = dict(items)
+
     def key_count(self) -> int:
         """How many keys this node holds, in all its buckets."""
         return sum(len(bucket) for bucket in list(self._buckets.values()))
