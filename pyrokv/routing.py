@@ -18,6 +18,7 @@ slot of it.
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Sequence
 from typing import Final, NamedTuple
 
@@ -29,10 +30,13 @@ __all__ = [
     "DEFAULT_HOP_LIMIT",
     "DEFAULT_TIMEOUT",
     "HERE",
+    "WAIT",
     "Decision",
+    "Gate",
     "Here",
     "Hop",
     "Routing",
+    "Wait",
     "inner_budget",
 ]
 
@@ -49,6 +53,20 @@ class Here:
 HERE: Final = Here()
 
 
+class Wait:
+    """The decision "this node owns it, but its data is still arriving": the request
+    waits until the hand-off of its range is done (docs/routing.md);
+    :data:`WAIT` is its one instance."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "WAIT"
+
+
+WAIT: Final = Wait()
+
+
 class Hop(NamedTuple):
     """The decision "send it on": to ``owner``, having visited ``path`` (this node last)."""
 
@@ -56,7 +74,7 @@ class Hop(NamedTuple):
     path: tuple[str, ...]
 
 
-Decision = Here | Hop
+Decision = Here | Hop | Wait
 
 
 def inner_budget(left: float) -> float:
@@ -77,7 +95,17 @@ class Routing:
     caps how many nodes it may pass.
     """
 
-    __slots__ = ("_table", "fresh", "hop_limit", "node", "runs_here", "timeout")
+    __slots__ = (
+        "_held",
+        "_table",
+        "fresh",
+        "gate",
+        "hop_limit",
+        "node",
+        "runs_here",
+        "timeout",
+        "version",
+    )
 
     #: 256 slots, by the first byte of a bucket name: the decision for a request
     #: with no path yet (HERE or a Hop), or None where no entry covers the byte
@@ -97,6 +125,12 @@ class Routing:
         self.runs_here = runs_here and node is not None
         self.timeout = float(timeout)
         self.hop_limit = int(hop_limit)
+        #: The version of the cluster's table this node routes by (0: its own).
+        self.version = 0
+        #: Slots this node owns whose data has not arrived yet: decided WAIT.
+        self._held: frozenset[int] = frozenset()
+        #: Local executions on threads (Pyro5) pass it; see :class:`Gate`.
+        self.gate = Gate()
         self.table = table
 
     @property
@@ -108,10 +142,30 @@ class Routing:
     def table(self, table: RoutingTable) -> None:
         if not isinstance(table, RoutingTable):
             raise TypeError(f"routing needs a RoutingTable, not {table!r}")
-        fresh = tuple(self._fresh(owner) for owner in table.by_byte)
-        # Two attributes, one decision: fresh first, so a reader that sees the new
-        # table never reads the old decisions (and the reverse is harmless).
+        self.switch(table, self.version, self._held)
+
+    @property
+    def held(self) -> frozenset[int]:
+        """The slots whose requests wait (see :data:`WAIT`)."""
+        return self._held
+
+    def switch(self, table: RoutingTable, version: int, held: frozenset[int]) -> None:
+        """Route by ``table`` at ``version``, holding the requests of slots ``held``.
+
+        Call it on the thread that serves text requests (the event loop), so no text
+        request sees half of it; threads running tasks see the table they read.
+        """
+        if not isinstance(table, RoutingTable):
+            raise TypeError(f"routing needs a RoutingTable, not {table!r}")
+        fresh = tuple(
+            WAIT if slot in held else self._fresh(owner)
+            for slot, owner in enumerate(table.by_byte)
+        )
+        # Several attributes, one decision: fresh first, so a reader that sees the
+        # new table never reads the old decisions (and the reverse is harmless).
         self.fresh = fresh
+        self._held = held
+        self.version = version
         self._table = table
 
     def decide(self, bucket: str | bytes, path: Sequence[str] = ()) -> Decision:
@@ -123,8 +177,11 @@ class Routing:
         already (same table, same bucket: it would go round forever) or the request
         would pass the hop limit.
         """
-        owner = self._table.owner(bucket)
+        table = self._table
+        owner = table.owner(bucket)
         if owner == self.node and self.runs_here:  # the common case, inline
+            if self._held and table.slot(bucket) in self._held:
+                return WAIT
             return HERE
         return self._choose(owner, bucket, path)
 
@@ -168,3 +225,44 @@ class Routing:
         if math.isnan(budget):
             return 0.0
         return max(min(budget, self.timeout), 0.0)
+
+
+class Gate:
+    """Lets a table switch wait for the local tasks that decided by the old table.
+
+    A thread that runs a task here (a Pyro5 request) enters (:meth:`enter`) before
+    it decides and leaves (:meth:`leave`) when the task is done. A switch swaps the table,
+    then flips (:meth:`flip`): it waits until every thread that entered before it has
+    left, so none of them still writes to a bucket the switch hands away. Threads
+    that enter after the flip read the new table. Two counters (the generation
+    flips), so a steady stream of new requests never makes a switch wait for ever.
+    """
+
+    __slots__ = ("_count", "_gen", "_idle", "_lock")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._gen = 0
+        self._count = [0, 0]
+
+    def enter(self) -> int:
+        """Count this thread in; returns the ticket :meth:`leave` takes."""
+        with self._lock:
+            gen = self._gen
+            self._count[gen] += 1
+            return gen
+
+    def leave(self, ticket: int) -> None:
+        """Count this thread out."""
+        with self._lock:
+            self._count[ticket] -= 1
+            if not self._count[ticket] and ticket != self._gen:
+                self._idle.notify_all()
+
+    def flip(self, timeout: float) -> bool:
+        """Wait (up to ``timeout`` s) for every thread that entered before now."""
+        with self._lock:
+            old = self._gen
+            self._gen = old ^ 1
+            return self._idle.wait_for(lambda: not self._count[old], timeout)

@@ -206,6 +206,13 @@ class RoutingTable:
         """Every node named in the table, once each, in entry order."""
         return list(dict.fromkeys(node for _, _, node in self._entries))
 
+    def slot(self, bucket: str | bytes) -> int:
+        """The slot (0..255) of ``bucket``: the first byte of its name."""
+        if isinstance(bucket, str):
+            first = ord(bucket[0])
+            return first if first <= 0x7F else _first_byte(bucket[0])
+        return bucket[0]
+
     def owner(self, bucket: str | bytes) -> str:
         """Return the node that owns ``bucket``, from the first byte of its name.
 
