@@ -22,6 +22,7 @@ __all__ = [
     "ChildError",
     "ClientClosedError",
     "ConfigError",
+    "HandOffPendingError",
     "IncompatiblePyroError",
     "InvalidTableError",
     "ListenError",
@@ -39,6 +40,8 @@ __all__ = [
     "ProtocolError",
     "PyroKVError",
     "RoutingLoopError",
+    "TableChangeError",
+    "TableVersionError",
     "TaskArgumentError",
     "TaskNotAllowedError",
     "UndecodableReplyError",
@@ -155,6 +158,22 @@ class NameServerUnavailableError(NodeUnavailableError):
             "point --ns at the name server's address (a node's text or Pyro5 port "
             "will not do)"
         )
+
+
+class HandOffPendingError(NodeUnavailableError):
+    """A request for a bucket whose range is moving to this node, and whose data did
+    not arrive within the request's time (a node of the change is down or hung)."""
+
+
+class TableChangeError(PyroKVError):
+    """A routing-table change (``pyrokv table set``) was refused before it began, or
+    did not complete: the message says which nodes and ranges, and how to finish or
+    undo it."""
+
+
+class TableVersionError(TableChangeError):
+    """The cluster's table is not at the version a change expected (``--expect-version``),
+    or another change is running: nothing of this change was applied."""
 
 
 class UndecodableReplyError(PyroKVError):

@@ -46,6 +46,7 @@ __all__ = [
     "check_items",
     "check_kwargs",
     "check_path",
+    "check_version",
     "guard_daemons",
     "structure_size",
 ]
@@ -206,6 +207,17 @@ def check_budget(budget: object) -> float | None:
             f"budget must be a finite number of seconds, not {budget!r:.40}"
         )
     return seconds
+
+
+def check_version(version: object) -> int | None:
+    """A table version a request carries: None, or an int in 0..2**62."""
+    if version is None:
+        return None
+    if type(version) is not int or not 0 <= version <= 2**62:
+        raise TaskArgumentError(
+            f"a table version is a number 0..2**62, not {version!r:.40}"
+        )
+    return version
 
 
 def check_args(args: object) -> Sequence[Any]:

@@ -15,6 +15,9 @@ from .errors import ConfigError, NameServerUnavailableError
 __all__ = [
     "NODE_METADATA",
     "NS_OBJECT",
+    "TABLE_NAME",
+    "TABLE_SPEC",
+    "TABLE_VERSION",
     "TEXT_METADATA",
     "node_of",
     "node_prefix",
@@ -22,8 +25,10 @@ __all__ = [
     "ns_proxy",
     "parse_address",
     "parse_port",
+    "parse_table_metadata",
     "registry_name",
     "remove_node",
+    "table_metadata",
     "tasks_name",
     "text_address",
     "text_metadata",
@@ -37,6 +42,32 @@ NODE_METADATA = "pyrokv.node"
 #: The object id of Pyro5's own name server.
 NS_OBJECT = "Pyro.NameServer"
 _PREFIX = "pyrokv."
+
+
+#: The name server's copy of the cluster's routing table (version >= 1): a
+#: registration whose metadata holds TABLE_VERSION and TABLE_SPEC items.
+TABLE_NAME = "pyrokv.table"
+TABLE_VERSION = "pyrokv.table.version="
+TABLE_SPEC = "pyrokv.table.spec="
+
+
+def table_metadata(version: int, spec: str) -> set[str]:
+    """The metadata of the name server's copy of table ``version``."""
+    return {TABLE_VERSION + str(version), TABLE_SPEC + spec}
+
+
+def parse_table_metadata(metadata: object) -> tuple[int, str] | None:
+    """(version, spec) from :func:`table_metadata`'s items; None if they are not there."""
+    version = spec = None
+    for item in metadata if isinstance(metadata, (set, list, tuple)) else ():
+        if isinstance(item, str) and item.startswith(TABLE_VERSION):
+            digits = item[len(TABLE_VERSION) :]
+            version = int(digits) if digits.isdigit() else None
+        elif isinstance(item, str) and item.startswith(TABLE_SPEC):
+            spec = item[len(TABLE_SPEC) :]
+    if version is None or spec is None:
+        return None
+    return version, spec
 
 
 def registry_name(node: str) -> str:

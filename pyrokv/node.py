@@ -42,6 +42,7 @@ from .errors import (
     NameTakenError,
 )
 from .guard import guard_daemons
+from .live import Live
 from .registry import Registry
 from .router import Router
 from .runner import TaskRunner
@@ -159,6 +160,7 @@ class NodeHandle:
                         prefix=naming.node_prefix(self.name),
                         return_metadata=True,
                     )
+                    self._keep_table_copy(ns)
                 metadata = self._metadata()
                 wrong = [
                     (name, found.get(name))
@@ -195,6 +197,28 @@ class NodeHandle:
                     )
                 continue
 
+    def _keep_table_copy(self, ns: Any) -> None:
+        """Put the cluster's table back in the name server when its copy is gone
+        (a restarted name server) or older than this node's."""
+        routing = self.router.routing
+        version = routing.version
+        if version < 1:
+            return
+        try:
+            _uri, metadata = ns.lookup(naming.TABLE_NAME, return_metadata=True)
+            copy = naming.parse_table_metadata(metadata)
+        except Pyro5.errors.NamingError:
+            copy = None
+        if copy is not None and copy[0] >= version:
+            return
+        spec = routing.table.spec()
+        ns.register(
+            naming.TABLE_NAME, self.uri, metadata=naming.table_metadata(version, spec)
+        )
+        log.info(
+            "put the cluster's table (version %d) back in the name server", version
+        )
+
     def stop(self) -> None:
         """Unregister (if the name server still points at us), stop serving, close."""
         if self._stopping.is_set():
@@ -214,6 +238,8 @@ class NodeHandle:
         except Pyro5.errors.PyroError:
             pass  # name server gone or the name already taken over: nothing to undo
         self.daemon.shutdown()
+        if self.router.live is not None:
+            self.router.live.close()
         self._loop.join(timeout=5)
         if self._keeper.is_alive():
             self._keeper.join(timeout=5)
@@ -291,6 +317,12 @@ def start_node(
         table, name, local=runner.execute, ns=ns, timeout=timeout, hop_limit=hop_limit
     )
     runner.router = router
+    router.live = Live(
+        name,
+        registry,
+        router.routing,
+        lambda owner, limit, call: router.proxies.call(owner, limit, call, [name]),
+    )
     daemon.register(registry, naming.registry_name(name))
     daemon.register(runner, naming.tasks_name(name))
     handle = NodeHandle(name, daemon, registry, runner, router, ns)
@@ -316,6 +348,10 @@ def start_node(
                 f"node {name!r} cannot serve the text protocol on "
                 f"{listen[0]}:{listen[1]}: {exc.strerror or exc}",
             ) from None
+    if handle.text is not None:
+        router.live.loop = handle.text.loop
+        router.live.on_release = handle.text.release
+    _join_cluster_table(handle)
     if metrics is not None:
         try:
             handle.metrics = metrics_module.serve_metrics(
@@ -367,6 +403,38 @@ def _text_tls(
             "key, ca)"
         )
     return tls.text_context(verify_client)
+
+
+def _join_cluster_table(handle: NodeHandle) -> None:
+    """From version 1 on, a node that starts takes the cluster's table, whatever
+    its own: the highest version a live node is at (the name server's copy says
+    which version to expect). With no live node at version 1 or more, the node
+    routes by its own table at version 0."""
+    from .changes import node_states
+
+    live = handle.router.live
+    assert live is not None
+    try:
+        alive, _down, _uris = node_states(
+            handle.ns, min(handle.router.timeout, 2.0), skip=handle.name
+        )
+    except Exception as exc:  # no name server yet: start alone, at version 0
+        log.debug("no table to join: %s", exc)
+        return
+    best = max(alive.values(), key=lambda s: s["version"], default=None)
+    if best is None or best["version"] < 1:
+        return
+    table = RoutingTable.parse(best["table"])
+    own = handle.router.table
+    live.adopt(best["version"], table)
+    log.info(
+        "node %r takes the cluster's table, version %d: %s (instead of its own "
+        "table %s)",
+        handle.name,
+        best["version"],
+        table.spec() or "(empty)",
+        own.spec() or "(empty)",
+    )
 
 
 def read_password(path: str) -> str:

@@ -105,7 +105,9 @@ class _Link(asyncio.Protocol):
         left = item.deadline - time.monotonic()
         assert self.transport is not None
         self.transport.write(
-            protocol.forward_line(inner_budget(left), item.hop.path, item.line)
+            protocol.forward_line(
+                inner_budget(left), item.hop.path, item.line, item.hop.version
+            )
         )
         self.inflight.append(item)
         if self.timer is None:

@@ -34,6 +34,7 @@ __all__ = [
     "CONNECTION",
     "DEFAULT_MAX_LINE",
     "FORWARD",
+    "FORWARD_WORDS",
     "INTERNAL_ERROR",
     "LINE_TOO_LONG",
     "NODE",
@@ -333,32 +334,44 @@ def _handler(
 MAX_BUDGET_MS = 86_400_000
 
 
-def forward_line(budget: float, path: Sequence[str], line: bytes) -> bytes:
-    """A request forwarded node to node: ``FWD <ms left> <path> <original line>``."""
-    return b"FWD %d %s %s\r\n" % (
+def forward_line(
+    budget: float, path: Sequence[str], line: bytes, version: int = 0
+) -> bytes:
+    """A request forwarded node to node:
+    ``FWD <ms left> <table version> <path> <original line>``."""
+    return b"FWD %d %d %s %s\r\n" % (
         max(int(budget * 1000), 0),
+        version,
         ",".join(path).encode("ascii"),
         line.rstrip(b"\r\n"),
     )
 
 
-def parse_forward(words: list[bytes]) -> tuple[float, tuple[str, ...]]:
-    """The (seconds left, nodes visited) of a ``FWD`` line's words; the request is ``words[3:]``.
+#: The words of a ``FWD`` line before the request it carries.
+FORWARD_WORDS = 4
+
+
+def parse_forward(words: list[bytes]) -> tuple[float, int, tuple[str, ...]]:
+    """The (seconds left, table version, nodes visited) of a ``FWD`` line's words;
+    the request is ``words[FORWARD_WORDS:]``.
 
     Raises :class:`ProtocolError` naming the field that is malformed.
     """
-    if len(words) < 4:
-        raise ProtocolError("FWD needs <ms left> <path> <request>")
+    if len(words) <= FORWARD_WORDS:
+        raise ProtocolError("FWD needs <ms left> <version> <path> <request>")
     ms = words[1]
     if not ms.isdigit() or len(ms) > 9 or int(ms) > MAX_BUDGET_MS:
         raise ProtocolError(f"FWD budget {ms[:20]!r} is not 0..{MAX_BUDGET_MS} ms")
+    version = words[2]
+    if not version.isdigit() or len(version) > 18:
+        raise ProtocolError(f"FWD table version {version[:20]!r} is not a number")
     try:
         path = tuple(
-            check_node_name(name) for name in words[2].decode("ascii").split(",")
+            check_node_name(name) for name in words[3].decode("ascii").split(",")
         )
     except (UnicodeDecodeError, PyroKVError):
-        raise ProtocolError(f"FWD path {words[2][:60]!r} is not node names") from None
-    return int(ms) / 1000, path
+        raise ProtocolError(f"FWD path {words[3][:60]!r} is not node names") from None
+    return int(ms) / 1000, int(version), path
 
 
 def framed(reply: bytes) -> bytes:

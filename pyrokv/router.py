@@ -13,15 +13,18 @@ from __future__ import annotations
 import time
 import types
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .defaults import DEFAULT_NS
 from .directory import Directory
-from .errors import TaskNotAllowedError
+from .errors import HandOffPendingError, TaskNotAllowedError
 from .proxies import ProxyPool
-from .routing import DEFAULT_HOP_LIMIT, DEFAULT_TIMEOUT, HERE, Hop, Routing
+from .routing import DEFAULT_HOP_LIMIT, DEFAULT_TIMEOUT, HERE, WAIT, Hop, Routing
 from .table import RoutingTable
 from .wire import setup_pyro
+
+if TYPE_CHECKING:
+    from .live import Live
 
 __all__ = ["DEFAULT_HOP_LIMIT", "DEFAULT_TIMEOUT", "LocalRunner", "Router", "task_name"]
 
@@ -84,6 +87,8 @@ class Router:
         self.ns = ns
         self.directory = Directory(ns, timeout)
         self.proxies = ProxyPool(self.directory)
+        #: The node's live-table state (:mod:`pyrokv.live`); None in a client.
+        self.live: Live | None = None
 
     @property
     def table(self) -> RoutingTable:
@@ -124,12 +129,14 @@ class Router:
         whatever the task itself raised, with its own class.
         """
         name = task_name(func)
-        decision = self.routing.decide(bucket)
-        if decision is HERE:  # the common case of a node's own router: no clock
-            return self.local(name, args, kwargs)  # type: ignore[misc]
-        assert isinstance(decision, Hop)
+        if self.local is None:  # a client's router: always sends
+            decision = self.routing.decide(bucket)
+            assert isinstance(decision, Hop)
+            limit = self.timeout if timeout is None else timeout
+            deadline = time.monotonic() + limit
+            return self.send(decision, bucket, name, args, kwargs, deadline)
         limit = self.timeout if timeout is None else timeout
-        return self.send(decision, bucket, name, args, kwargs, time.monotonic() + limit)
+        return self._carry_out(bucket, name, args, kwargs, (), limit)
 
     def forwarded(
         self,
@@ -139,18 +146,70 @@ class Router:
         kwargs: dict[str, Any] | None,
         path: Sequence[str],
         budget: float | None,
+        version: int | None = None,
     ) -> Any:
-        """Route a request that arrived from ``path`` with ``budget`` seconds left.
+        """Route a request that arrived from ``path`` with ``budget`` seconds left,
+        routed by table ``version`` (see :meth:`catch_up`).
 
         The remote half of :meth:`route`, called by ``TaskRunner.route``.
         """
         limit = self.routing.limit(budget)
-        decision = self.routing.decide(bucket, path)
-        if decision is HERE:
-            return self.local(func, args, kwargs)  # type: ignore[misc]
-        assert isinstance(decision, Hop)
+        path = self.catch_up(version, path)
+        return self._carry_out(bucket, func, args, kwargs, path, limit)
+
+    def catch_up(self, version: int | None, path: Sequence[str]) -> Sequence[str]:
+        """A request routed by table ``version`` (None: a client's, no version):
+        when it is newer than this node's, switch to it first if it is prepared
+        here; when it differs, the nodes it visited do not count as a loop (they
+        routed by another table). Returns the path to decide with."""
+        routing = self.routing
+        if version is None or version == routing.version:
+            return path
+        if version > routing.version and self.live is not None:
+            self.live.catch_up(version)
+        return ()
+
+    def _carry_out(
+        self,
+        bucket: str | bytes,
+        func: str,
+        args: Sequence[Any],
+        kwargs: dict[str, Any] | None,
+        path: Sequence[str],
+        limit: float,
+    ) -> Any:
+        """Decide and run here, wait for a range's data, or send on."""
+        routing = self.routing
+        gate = routing.gate
         deadline = time.monotonic() + limit
+        while True:
+            ticket = gate.enter()  # a switch waits for tasks that decided before it
+            try:
+                decision = routing.decide(bucket, path)
+                if decision is HERE:
+                    return self.local(func, args, kwargs)  # type: ignore[misc]
+            finally:
+                gate.leave(ticket)
+            if decision is not WAIT:
+                break
+            self.wait_for_data(bucket, deadline)
+        assert isinstance(decision, Hop)
         return self.send(decision, bucket, func, args, kwargs, deadline)
+
+    def wait_for_data(self, bucket: str | bytes, deadline: float) -> None:
+        """Wait until the range of ``bucket``, moving to this node, has its data;
+        :class:`HandOffPendingError` at the deadline."""
+        live = self.live
+        slot = self.routing.table.slot(bucket)
+        if live is not None and live.wait_released(slot, deadline):
+            return
+        waiting = live.waiting_for() if live is not None else []
+        raise HandOffPendingError(
+            f"bucket {bucket!r} is moving to node {self.node!r} (table version "
+            f"{self.routing.version}), and its data has not arrived from node(s) "
+            f"{', '.join(waiting) or '?'} in time: they are down or hung; see "
+            "'pyrokv table show', and run the change again once they answer"
+        )
 
     def send(
         self,
@@ -167,7 +226,7 @@ class Router:
             hop.owner,
             deadline - time.monotonic(),
             lambda proxy, inner: proxy.route(
-                bucket, func, list(args), kwargs or {}, path, inner
+                bucket, func, list(args), kwargs or {}, path, inner, hop.version
             ),
             path,
         )
@@ -186,7 +245,7 @@ class Router:
             hop.owner,
             deadline - time.monotonic(),
             lambda proxy, inner: proxy.route_batch(
-                [list(i) for i in items], path, inner
+                [list(i) for i in items], path, inner, hop.version
             ),
             path,
         )
@@ -214,7 +273,7 @@ class Router:
         if upstream and upstream[-1] == self.node:
             upstream.pop()
         decision = self.routing.decide(bucket, upstream)
-        return None if decision is HERE else decision.owner  # type: ignore[union-attr]
+        return decision.owner if isinstance(decision, Hop) else None
 
     def via(
         self,

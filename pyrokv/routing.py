@@ -68,10 +68,12 @@ WAIT: Final = Wait()
 
 
 class Hop(NamedTuple):
-    """The decision "send it on": to ``owner``, having visited ``path`` (this node last)."""
+    """The decision "send it on": to ``owner``, having visited ``path`` (this node
+    last), decided by the table of ``version`` (which the request carries along)."""
 
     owner: str
     path: tuple[str, ...]
+    version: int = 0
 
 
 Decision = Here | Hop | Wait
@@ -158,7 +160,7 @@ class Routing:
         if not isinstance(table, RoutingTable):
             raise TypeError(f"routing needs a RoutingTable, not {table!r}")
         fresh = tuple(
-            WAIT if slot in held else self._fresh(owner)
+            WAIT if slot in held else self._fresh(owner, version)
             for slot, owner in enumerate(table.by_byte)
         )
         # Several attributes, one decision: fresh first, so a reader that sees the
@@ -183,17 +185,19 @@ class Routing:
             if self._held and table.slot(bucket) in self._held:
                 return WAIT
             return HERE
-        return self._choose(owner, bucket, path)
+        return self._choose(owner, bucket, path, self.version)
 
-    def _fresh(self, owner: str | None) -> Decision | None:
+    def _fresh(self, owner: str | None, version: int) -> Decision | None:
         if owner is None:
             return None
         try:
-            return self._choose(owner, "", ())
+            return self._choose(owner, "", (), version)
         except RoutingLoopError:  # a hop limit of 0: decide() says so, per bucket
             return None
 
-    def _choose(self, owner: str, bucket: str | bytes, path: Sequence[str]) -> Decision:
+    def _choose(
+        self, owner: str, bucket: str | bytes, path: Sequence[str], version: int
+    ) -> Decision:
         if owner == self.node and self.runs_here:
             return HERE
         visited = tuple(path) if self.node is None else (*path, self.node)
@@ -208,7 +212,7 @@ class Routing:
                 f"bucket {bucket!r} passed the hop limit of {self.hop_limit}: "
                 f"{' -> '.join([*visited, owner])}"
             )
-        return Hop(owner, visited)
+        return Hop(owner, visited, version)
 
     def limit(self, budget: float | None) -> float:
         """Seconds a request may still take from here: its ``budget``, at most the timeout.

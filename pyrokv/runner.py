@@ -27,10 +27,11 @@ from .errors import (
     TaskNotAllowedError,
     UndecodableReplyError,
 )
-from .routing import HERE, Hop
+from .routing import HERE, WAIT, Hop
 from .stats import Stats
 
 if TYPE_CHECKING:
+    from .live import Live
     from .registry import Registry
     from .router import Router
 
@@ -135,11 +136,13 @@ class TaskRunner:
         kwargs: dict[str, Any] | None = None,
         path: Sequence[str] = (),
         budget: float | None = None,
+        version: int | None = None,
     ) -> Any:
         """Route a task that another node (or a client) forwarded to this node.
 
         ``path`` names the nodes the request has visited; ``budget`` is the time left,
-        in seconds, for the whole route.
+        in seconds, for the whole route; ``version`` the table version it was routed
+        by (None from a client).
         """
         if self.router is None:
             raise NoRouterError(f"node {self.node!r} has no router to route with")
@@ -156,6 +159,7 @@ class TaskRunner:
                 guard.check_kwargs(kwargs),
                 checked_path,
                 guard.check_budget(budget),
+                guard.check_version(version),
             )
         except Exception:
             counts.error[name] += 1
@@ -169,6 +173,7 @@ class TaskRunner:
         items: Sequence[Sequence[Any]],
         path: Sequence[str] = (),
         budget: float | None = None,
+        version: int | None = None,
     ) -> list[list[Any]]:
         """Route several ``[bucket, func, args]`` requests that arrived in one call.
 
@@ -189,17 +194,43 @@ class TaskRunner:
             raise NoRouterError(f"node {self.node!r} has no router to route with")
         checked_path = guard.check_path(path)
         checked = guard.check_items(items)
-        deadline = time.monotonic() + router.routing.limit(guard.check_budget(budget))
+        limit = router.routing.limit(guard.check_budget(budget))
+        deadline = time.monotonic() + limit
+        routed_path = router.catch_up(guard.check_version(version), checked_path)
+        routing = router.routing
         results: list[list[Any]] = [_PENDING] * len(checked)
         groups: dict[Hop, list[int]] = {}  # one owner, one path: one Hop per owner
-        for index, (bucket, func, args) in enumerate(checked):
+        later: list[int] = []  # items whose range is still arriving here
+        held: set[int] = set()
+        ticket = routing.gate.enter()  # see Router._carry_out
+        try:
+            for index, (bucket, func, args) in enumerate(checked):
+                try:
+                    if held and routing.table.slot(bucket) in held:
+                        later.append(index)  # behind an item of its range
+                        continue
+                    decision = routing.decide(bucket, routed_path)
+                    if decision is HERE:
+                        results[index] = [True, router.local(func, args, None)]  # type: ignore[misc]
+                        continue
+                    if decision is WAIT:
+                        held.add(routing.table.slot(bucket))
+                        later.append(index)
+                        continue
+                    assert isinstance(decision, Hop)
+                    groups.setdefault(decision, []).append(index)
+                except Exception as exc:
+                    results[index] = [False, exc]
+        finally:
+            routing.gate.leave(ticket)
+        for index in later:  # in order, each on its own, once its data is in
+            bucket, func, args = checked[index]
             try:
-                decision = router.routing.decide(bucket, checked_path)
-                if decision is HERE:
-                    results[index] = [True, router.local(func, args, None)]  # type: ignore[misc]
-                    continue
-                assert isinstance(decision, Hop)
-                groups.setdefault(decision, []).append(index)
+                left = max(deadline - time.monotonic(), 0.0)
+                results[index] = [
+                    True,
+                    router.forwarded(bucket, func, args, None, routed_path, left),
+                ]
             except Exception as exc:
                 results[index] = [False, exc]
         for hop, indexes in groups.items():
@@ -237,7 +268,7 @@ class TaskRunner:
         info: dict[str, Any] = {
             "node": self.node,
             "table": router.table.spec() if router is not None else "",
-            "table_version": 0,
+            "table_version": router.routing.version if router is not None else 0,
             "buckets": registry.count(),
             "keys": registry.key_count(),
             "allow": self.allow,
@@ -245,6 +276,67 @@ class TaskRunner:
         if self.describe is not None:
             info.update(self.describe())
         return info
+
+    # -- live routing tables (pyrokv.changes drives these; see pyrokv.live) ------
+
+    def _live(self) -> Live:
+        live = self.router.live if self.router is not None else None
+        if live is None:
+            raise NoRouterError(f"node {self.node!r} has no live routing table")
+        return live
+
+    @_exposed
+    def table_state(self) -> dict[str, Any]:
+        """This node's table: version, text, a change prepared or in hand."""
+        return self._live().describe()
+
+    @_exposed
+    def table_prepare(
+        self,
+        version: int,
+        spec: str,
+        participants: list[str],
+        token: str,
+        lease: float,
+    ) -> dict[str, Any]:
+        """Keep ``spec`` aside as the table of ``version`` (step 1 of a change)."""
+        return self._live().prepare(
+            guard.check_version(version) or 0,
+            _text_arg(spec, "spec"),
+            guard.check_path(participants),
+            _text_arg(token, "token"),
+            float(guard.check_budget(lease) or 0.0),
+        )
+
+    @_exposed
+    def table_release(self, token: str) -> None:
+        """Forget the prepared change of ``token`` (a change that stopped early)."""
+        self._live().release(_text_arg(token, "token"))
+
+    @_exposed
+    def table_apply(self, version: int, token: str) -> dict[str, Any]:
+        """Switch to the prepared table of ``version`` and hand off (step 2)."""
+        return self._live().apply(
+            guard.check_version(version) or 0, _text_arg(token, "token")
+        )
+
+    @_exposed
+    def table_absorb(
+        self, version: int, sender: str, chunk: list[list[Any]], last: bool
+    ) -> None:
+        """Buckets handed to this node by ``sender`` for table ``version``."""
+        (sender,) = guard.check_path([sender])
+        if not isinstance(chunk, list) or not all(
+            isinstance(item, list)
+            and len(item) == 3
+            and isinstance(item[0], str)
+            and isinstance(item[1], list)
+            for item in chunk
+        ):
+            raise TaskArgumentError(
+                "a hand-off is [[bucket, [[key, value], ...], first]]"
+            )
+        self._live().absorb(guard.check_version(version) or 0, sender, chunk, last)
 
     @_exposed
     def tasks(self) -> list[list[str]]:
@@ -334,6 +426,12 @@ def _send_group(
     except Exception as exc:
         return [[False, exc] for _ in indexes]
     return replies
+
+
+def _text_arg(value: object, what: str) -> str:
+    if not isinstance(value, str) or len(value) > 65536:
+        raise TaskArgumentError(f"{what} must be text")
+    return value
 
 
 class _Shown(str):

@@ -20,17 +20,17 @@ import socket
 import ssl as ssl_module
 import threading
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 from . import peering, protocol
 from .defaults import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_MESSAGE
-from .errors import ProtocolError
+from .errors import HandOffPendingError, ProtocolError
 from .logs import RateLimited
 from .peer import PeerLinks
 from .protocol import CONNECTION, FORWARD, NODE, VERBS, Handler, Verb
 from .registry import Registry
 from .router import Router
-from .routing import HERE, Decision, Hop
+from .routing import HERE, WAIT, Decision, Hop
 from .stats import Stats
 from .transport import Forward, PyroLanes, Transport, reset
 
@@ -86,6 +86,8 @@ HANDSHAKE_TIMEOUT = 5.0
 # Pause reading a connection whose queued requests pass this many lines.
 _MAX_QUEUED = 1024
 _WAITING, _BLOCKED = 1, 2  # the bits of _Connection.hold
+#: How often requests waiting for a range's data are checked for their deadline (s).
+PARKED_CHECK = 0.1
 #: One local request in _SAMPLE + 1 is timed for the latency histogram (and counts
 #: for all of them): a clock read per request would cost more than the request.
 _SAMPLE = 63
@@ -268,8 +270,10 @@ class _Connection(asyncio.Protocol):
                         size = 0
                 else:
                     self._route(words, line, handler[2], decision, out)
+                    fresh = server.routing.fresh  # a table switch may have run
             else:
                 self._other(words, line, out)
+                fresh = server.routing.fresh
         if out:  # written here, not through _write: this is once per request
             transport.write(out[0] if len(out) == 1 else b"".join(out))
             if self.hold & _BLOCKED and transport.get_write_buffer_size() > HARD_LIMIT:
@@ -322,8 +326,12 @@ class _Connection(asyncio.Protocol):
             self.server.stats.requests.error[verb.name.decode()] += 1
             out.append(protocol.error_reply(exc))
             return
+        deadline = _monotonic() + routing.timeout
+        if decision is WAIT:
+            self._park(words, line, verb, deadline, ())
+            return
         assert isinstance(decision, Hop)
-        self._send(words, line, verb, decision, _monotonic() + routing.timeout, out)
+        self._send(words, line, verb, decision, deadline, out)
 
     def _other(self, words: list[bytes], line: bytes, out: list[bytes]) -> None:
         """A line that is not a bucket verb this connection may run now: the node
@@ -451,13 +459,15 @@ class _Connection(asyncio.Protocol):
         """A ``FWD`` line from another node: decide by this node's table; reply framed."""
         server = self.server
         try:
-            budget, path = protocol.parse_forward(words)
-            inner = words[3:]
+            budget, version, path = protocol.parse_forward(words)
+            inner = words[protocol.FORWARD_WORDS :]
             handler = server.handlers.get(inner[0])
             if handler is None or len(inner) != handler[0]:
                 out.append(protocol.framed(protocol.UNKNOWN))
                 return
             bucket = inner[1].decode("utf-8", "surrogateescape")
+            if version != server.routing.version:  # the one compare a version costs
+                path = server.router.catch_up(version, path)  # type: ignore[assignment]
             decision = server.routing.decide(bucket, path)
             if decision is HERE:
                 name = handler[2].name.decode()
@@ -468,12 +478,14 @@ class _Connection(asyncio.Protocol):
                     raise
                 server.stats.peer_requests.ok[name] += 1
             else:
-                assert isinstance(decision, Hop)
                 deadline = _monotonic() + server.routing.limit(budget)
                 self.framed = True
-                self._send(
-                    inner, line.split(None, 3)[3], handler[2], decision, deadline, out
-                )
+                request = line.split(None, protocol.FORWARD_WORDS)[-1]
+                if decision is WAIT:
+                    self._park(inner, request, handler[2], deadline, path)
+                    return
+                assert isinstance(decision, Hop)
+                self._send(inner, request, handler[2], decision, deadline, out)
                 return
         except ProtocolError:
             reply = protocol.UNKNOWN
@@ -508,6 +520,54 @@ class _Connection(asyncio.Protocol):
                 reply = protocol.framed(reply)
                 self.framed = False
             out.append(reply)
+
+    def _park(
+        self,
+        words: list[bytes],
+        line: bytes,
+        verb: Verb,
+        deadline: float,
+        path: tuple[str, ...],
+    ) -> None:
+        """A request for a range whose data is still arriving: wait for it (see
+        :meth:`TextServer.release`), answering nothing after it until then."""
+        self.hold |= _WAITING
+        self.sent = (verb.name.decode(), _monotonic())
+        self.server.park(_Parked(self, words, line, verb, deadline, path))
+
+    def resume(self, parked: _Parked) -> None:
+        """The data of a parked request's range arrived (or a new table came):
+        decide again and carry it out."""
+        if self.transport is None or self.closing:
+            return
+        server = self.server
+        bucket = parked.words[1].decode("utf-8", "surrogateescape")
+        try:
+            decision = server.routing.decide(bucket, parked.path)
+            if decision is WAIT:
+                server.park(parked)
+                return
+            if decision is HERE:
+                reply = server.handlers[parked.words[0]][1](parked.words)
+            else:
+                assert isinstance(decision, Hop)
+                out: list[bytes] = []
+                self._send(
+                    parked.words,
+                    parked.line,
+                    parked.verb,
+                    decision,
+                    parked.deadline,
+                    out,
+                )
+                if out:  # the transport did not take it: answered, go on
+                    self.sent = None
+                    self._write(out)
+                    self._run()
+                return
+        except Exception as exc:
+            reply = protocol.error_reply(exc)
+        self.routed(reply)
 
     def routed(self, reply: bytes) -> None:
         """The reply of this connection's routed request (called on the loop)."""
@@ -562,6 +622,17 @@ class _Connection(asyncio.Protocol):
             self.transport.close()
 
 
+class _Parked(NamedTuple):
+    """A request waiting for the data of its range (see _Connection._park)."""
+
+    conn: _Connection
+    words: list[bytes]
+    line: bytes
+    verb: Verb
+    deadline: float
+    path: tuple[str, ...]
+
+
 def _too_long(line: bytes, limit: int) -> bool:
     """Whether ``line`` (split at ``\\n``) passes ``limit`` without its ``\\r``."""
     size = len(line)
@@ -613,6 +684,9 @@ class TextServer:
         self.idle_timeout = idle_timeout
         self.max_connections = max_connections
         self.connections: set[_Connection] = set()
+        #: Requests waiting for the data of a range moving to this node.
+        self.parked: list[_Parked] = []
+        self._parked_timer: asyncio.TimerHandle | None = None
         #: Connections stopped on unsent replies, oldest first.
         self.blocked: dict[_Connection, None] = {}
         #: Reserve connections that have not proved they are nodes, oldest first.
@@ -661,6 +735,45 @@ class TextServer:
     def run_task(self, name: str) -> Any:
         """Run task ``name`` (no arguments) on this node (PING, INFO)."""
         return self.router.local(name, (), None)  # type: ignore[misc]
+
+    def park(self, parked: _Parked) -> None:
+        """Keep ``parked`` until :meth:`release` or its deadline (on the loop)."""
+        self.parked.append(parked)
+        if self._parked_timer is None:
+            self._parked_timer = self.loop.call_later(PARKED_CHECK, self._expire_parked)
+
+    def release(self) -> None:
+        """The ranges this node waited for have their data: run the parked requests
+        (called on the loop, by :class:`pyrokv.live.Live`)."""
+        parked, self.parked = self.parked, []
+        for item in parked:
+            item.conn.resume(item)
+
+    def _expire_parked(self) -> None:
+        self._parked_timer = None
+        now = _monotonic()
+        keep = []
+        for item in self.parked:
+            if item.deadline > now:
+                keep.append(item)
+                continue
+            live = self.router.live
+            waiting = ", ".join(live.waiting_for()) if live is not None else ""
+            bucket = item.words[1].decode("utf-8", "surrogateescape")
+            item.conn.routed(
+                protocol.error_reply(
+                    HandOffPendingError(
+                        f"bucket {bucket!r} is moving to node {self.node!r} (table "
+                        f"version {self.routing.version}), and its data has not "
+                        f"arrived from node(s) {waiting or '?'} in time: they are "
+                        "down or hung; see 'pyrokv table show', and run the change "
+                        "again once they answer"
+                    )
+                )
+            )
+        self.parked = keep
+        if keep:
+            self._parked_timer = self.loop.call_later(PARKED_CHECK, self._expire_parked)
 
     def make_room(self) -> bool:
         """Whether a reserve connection may be admitted: below the reserve, or by

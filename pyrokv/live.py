@@ -1,0 +1,549 @@
+"""A node's side of live routing tables: its version, a prepared change, the hand-off.
+
+A change (``pyrokv table set``, :mod:`pyrokv.changes`) reaches every live node in
+three calls of its :class:`~pyrokv.TaskRunner`, each answered here:
+
+1. ``table_prepare``: the node keeps the new table aside (:class:`Pending`), after
+   checking that no other change holds it and that it is not at that version yet.
+   Nothing changes in routing. The first node (by name) is where two changes
+   started at once meet: one prepares it, the other is refused.
+2. ``table_apply``: the node *switches* (:meth:`Live._switch`), in one step on the
+   thread that serves its text requests: it routes by the new table at the new
+   version, holds (:data:`~pyrokv.routing.WAIT`) the requests for the slots it
+   gains, waits for the tasks running on other threads that decided by the old
+   table (:class:`~pyrokv.routing.Gate`), and takes every bucket it no longer owns
+   out of its registry into an *outbox*, per new owner. Then a thread ships the
+   outbox to each owner (``table_absorb``), and tells every other node of the
+   change that it is done (the last call, even with nothing in it).
+3. The node that gains slots serves them once every other node of the change has
+   said it is done: from then on it holds all the data any node had for them.
+
+A request never runs on a bucket whose data is elsewhere: the old owner stops
+serving a range in the same step as it takes the range's buckets out, and the new
+owner holds the range's requests until its data is in. A request that another node
+routed by an older table reaches the old owner, which routes it by its own (newer)
+table; a request routed by a newer table makes a node that has not switched yet
+switch first (its table is prepared). See docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from .errors import NoRouteError, TableChangeError, TableVersionError
+from .registry import Registry
+from .routing import Routing
+from .table import RoutingTable
+
+log = logging.getLogger("pyrokv.live")
+
+__all__ = ["CHUNK_KEYS", "Live", "Pending", "moved_ranges"]
+
+#: The most keys one hand-off call carries (a bucket larger than this is sent in
+#: several calls), so each call stays well inside the limits a node accepts.
+CHUNK_KEYS = 4000
+
+_T = TypeVar("_T")
+
+
+@dataclass
+class Pending:
+    """A change prepared on this node, not applied yet."""
+
+    version: int
+    table: RoutingTable
+    participants: tuple[str, ...]
+    token: str
+    expires: float  # time.monotonic() after which another change may take over
+
+
+@dataclass
+class _Counts:
+    buckets: int = 0
+    keys: int = 0
+
+
+@dataclass
+class _State:
+    previous: str | None = None  # the text of the table before this version
+    participants: tuple[str, ...] = ()
+    waiting: set[str] = field(default_factory=set)
+    outbox: dict[str, dict[str, dict[Any, Any]]] = field(default_factory=dict)
+    #: per slot: buckets and keys this node handed away at this version
+    sent: dict[int, _Counts] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)  # owner -> why not shipped
+
+
+def _owner(table: RoutingTable, bucket: str) -> str | None:
+    try:
+        return table.owner(bucket)
+    except NoRouteError:
+        return None
+
+
+def moved_ranges(
+    old: Iterable[str | None], new: Iterable[str | None]
+) -> list[tuple[int, int, str | None, str | None]]:
+    """The runs of slots whose owner changes: ``(first, last, from, to)`` each."""
+    runs: list[tuple[int, int, str | None, str | None]] = []
+    for slot, (before, after) in enumerate(zip(old, new, strict=True)):
+        if before == after or after is None:
+            continue
+        if runs and runs[-1][1] == slot - 1 and runs[-1][2:] == (before, after):
+            runs[-1] = (runs[-1][0], slot, before, after)
+        else:
+            runs.append((slot, slot, before, after))
+    return runs
+
+
+class Live:
+    """The live-table state of node ``node`` (see the module's docstring).
+
+    Every change of state runs on one thread (:meth:`_serial`): the event loop of
+    the node's text server when it has one (so a switch falls between two text
+    requests), else a thread of its own.
+    """
+
+    def __init__(
+        self,
+        node: str,
+        registry: Registry,
+        routing: Routing,
+        send: Callable[[str, float, Callable[[Any, float], Any]], Any],
+    ) -> None:
+        self.node = node
+        self.registry = registry
+        self.routing = routing
+        #: ``send(owner, timeout, call)``: ``call(proxy, seconds)`` on that node's
+        #: TaskRunner (the router's proxy pool).
+        self._send = send
+        self.pending: Pending | None = None
+        self.state = _State()
+        #: The table this node was started with: what it routes by at version 0.
+        self.own = routing.table
+        self.loop: asyncio.AbstractEventLoop | None = None
+        #: Called (on the serial thread) when held slots are served again.
+        self.on_release: Callable[[], None] | None = None
+        #: Called (on the serial thread) after each switch: (version, table).
+        self.on_switch: list[Callable[[int, RoutingTable], None]] = []
+        self._released = threading.Condition()
+        self._worker: concurrent.futures.ThreadPoolExecutor | None = None
+        self._shipping = threading.Lock()
+
+    # -- the serial thread ---------------------------------------------------------
+
+    def _serial(self, function: Callable[..., _T], *args: Any) -> _T:
+        """Run ``function(*args)`` on the serial thread and return its result."""
+        loop = self.loop
+        if loop is not None:
+            try:
+                running = asyncio.get_running_loop()
+            except RuntimeError:
+                running = None
+            if running is loop:
+                return function(*args)
+            return asyncio.run_coroutine_threadsafe(
+                _call(function, *args), loop
+            ).result()
+        if self._worker is None:
+            self._worker = concurrent.futures.ThreadPoolExecutor(
+                1, thread_name_prefix=f"pyrokv-{self.node}-table"
+            )
+        if threading.current_thread().name.startswith(f"pyrokv-{self.node}-table"):
+            return function(*args)
+        return self._worker.submit(function, *args).result()
+
+    def close(self) -> None:
+        """Stop the serial thread of a node without a text server."""
+        if self._worker is not None:
+            self._worker.shutdown(wait=False)
+
+    # -- what a node says ----------------------------------------------------------
+
+    def describe(self) -> dict[str, Any]:
+        """The node's table state (``table_state``): version, table, a change in hand."""
+        return self._serial(self._describe)
+
+    def _describe(self) -> dict[str, Any]:
+        state = self.state
+        pending = self.pending
+        routing = self.routing
+        outbox = {
+            owner: [len(buckets), sum(len(b) for b in buckets.values())]
+            for owner, buckets in state.outbox.items()
+            if buckets
+        }
+        return {
+            "node": self.node,
+            "version": routing.version,
+            "table": routing.table.spec(),
+            "own": self.own.spec(),
+            "previous": state.previous,
+            "participants": list(state.participants),
+            "waiting": sorted(state.waiting),
+            "outbox": outbox,
+            "failed": dict(state.failed),
+            "sent": [
+                [slot, c.buckets, c.keys] for slot, c in sorted(state.sent.items())
+            ],
+            "pending": None
+            if pending is None
+            else {
+                "version": pending.version,
+                "table": pending.table.spec(),
+                "participants": list(pending.participants),
+                "token": pending.token,
+                "expires_in": round(pending.expires - time.monotonic(), 3),
+            },
+            "complete": pending is None and not state.waiting and not outbox,
+        }
+
+    # -- a change, step by step ----------------------------------------------------
+
+    def prepare(
+        self,
+        version: int,
+        spec: str,
+        participants: list[str],
+        token: str,
+        lease: float,
+    ) -> dict[str, Any]:
+        """Step 1: keep ``spec`` aside as the table of ``version``."""
+        table = RoutingTable.parse(spec)
+        return self._serial(
+            self._prepare, int(version), table, tuple(participants), str(token), lease
+        )
+
+    def _prepare(
+        self,
+        version: int,
+        table: RoutingTable,
+        participants: tuple[str, ...],
+        token: str,
+        lease: float,
+    ) -> dict[str, Any]:
+        now = time.monotonic()
+        pending = self.pending
+        if pending is not None and pending.token != token and pending.expires > now:
+            raise TableVersionError(
+                f"another change is running: node {self.node!r} holds the change to "
+                f"version {pending.version} ({pending.table.spec()}); the table is "
+                f"at version {self.routing.version}. Nothing of this change was "
+                "applied: look with 'pyrokv table show', then run it again"
+            )
+        current = self.routing.version
+        if current == version and self.routing.table == table:
+            # switched already: the change is run again to finish it, maybe
+            # without nodes that are gone (--drop-dead)
+            self.pending = None
+            self._retain(participants)
+            return self._describe()
+        if current >= version:
+            raise TableVersionError(
+                f"the table is at version {current} on node {self.node!r}, not "
+                f"{version - 1}: another change was made first. Nothing of this "
+                "change was applied: look with 'pyrokv table show', then run it again"
+            )
+        self.pending = Pending(version, table, participants, token, now + lease)
+        return self._describe()
+
+    def _retain(self, participants: tuple[str, ...]) -> None:
+        """Wait for hand-offs from ``participants`` only (the others are gone)."""
+        state = self.state
+        state.participants = participants
+        state.waiting &= set(participants)
+        for owner in list(state.outbox):
+            if owner not in participants:
+                log.warning(
+                    "node %r is not part of the change any more: %d buckets for it "
+                    "are kept here",
+                    owner,
+                    len(state.outbox[owner]),
+                )
+        if not state.waiting:
+            self._release_held()
+
+    def adopt(self, version: int, table: RoutingTable) -> None:
+        """Take the cluster's table of ``version`` (a node joining): nothing to wait
+        for; any bucket it holds that another node owns is handed to it."""
+        self._serial(self._adopt, Pending(version, table, (self.node,), "join", 0.0))
+
+    def _adopt(self, pending: Pending) -> None:
+        self._switch(pending)
+        if self.state.outbox:
+            self._ship_soon()
+
+    def release(self, token: str) -> None:
+        """Forget a prepared change of ``token`` that was not applied."""
+        self._serial(self._release, str(token))
+
+    def _release(self, token: str) -> None:
+        if self.pending is not None and self.pending.token == token:
+            self.pending = None
+
+    def apply(self, version: int, token: str) -> dict[str, Any]:
+        """Step 2: switch to the prepared table of ``version``, then hand off."""
+        return self._serial(self._apply, int(version), str(token))
+
+    def _apply(self, version: int, token: str) -> dict[str, Any]:
+        current = self.routing.version
+        if version > current:
+            pending = self.pending
+            if pending is None or pending.version != version:
+                raise TableChangeError(
+                    f"node {self.node!r} has no prepared table for version {version} "
+                    f"(it is at version {current}): run the change again"
+                )
+            self._switch(pending)
+        elif version < current:
+            raise TableVersionError(
+                f"node {self.node!r} is at version {current} already, not {version}"
+            )
+        self._ship_soon()
+        return self._describe()
+
+    def catch_up(self, version: int) -> bool:
+        """A request routed by the table of ``version``, newer than this node's:
+        switch to it now if it is prepared here. True if this node switched."""
+        return self._serial(self._catch_up, version)
+
+    def _catch_up(self, version: int) -> bool:
+        pending = self.pending
+        if version <= self.routing.version:
+            return False
+        if pending is None or pending.version != version:
+            log.warning(
+                "a request routed by table version %d reached node %r at version %d, "
+                "with no such table prepared: routing it by this node's table",
+                version,
+                self.node,
+                self.routing.version,
+            )
+            return False
+        self._switch(pending)
+        self._ship_soon()
+        return True
+
+    def _switch(self, pending: Pending) -> None:
+        """Route by ``pending``'s table, hold the slots gained, take out the rest."""
+        routing = self.routing
+        me = self.node
+        old = routing.table
+        new = pending.table
+        gained = frozenset(
+            slot
+            for slot in range(256)
+            if new.by_byte[slot] == me and old.by_byte[slot] != me
+        )
+        others = set(pending.participants) - {me}
+        routing.switch(new, pending.version, gained if others else frozenset())
+        if not routing.gate.flip(routing.timeout):
+            log.warning(
+                "tasks that started before the switch to table version %d still run "
+                "after %.1f s: their writes may be lost",
+                pending.version,
+                routing.timeout,
+            )
+        state = self.state
+        outbox: dict[str, dict[str, dict[Any, Any]]] = {}
+        back: dict[str, dict[Any, Any]] = {}
+        for buckets in state.outbox.values():  # not handed off yet: by the new table
+            for name, items in buckets.items():
+                owner = _owner(new, name)
+                if owner is None or owner == me:
+                    back[name] = items
+                else:
+                    outbox.setdefault(owner, {})[name] = items
+        self.registry.install(back)
+        names = [
+            name
+            for name in self.registry.buckets()
+            if _owner(new, name) not in (me, None)
+        ]
+        sent: dict[int, _Counts] = {}
+        for name, items in self.registry.extract(names).items():
+            owner = _owner(new, name)
+            assert owner is not None
+            outbox.setdefault(owner, {})[name] = items
+            counts = sent.setdefault(new.slot(name), _Counts())
+            counts.buckets += 1
+            counts.keys += len(items)
+        self.state = _State(
+            previous=old.spec(),
+            participants=pending.participants,
+            waiting=others if routing.held else set(),
+            outbox=outbox,
+            sent=sent,
+        )
+        self.pending = None
+        log.info(
+            "node %r routes by table version %d: %s%s",
+            me,
+            pending.version,
+            new.spec() or "(empty)",
+            f"; handing off {len(names)} buckets" if names else "",
+        )
+        for callback in self.on_switch:
+            callback(pending.version, new)
+
+    # -- the hand-off --------------------------------------------------------------
+
+    def _ship_soon(self) -> None:
+        threading.Thread(
+            target=self._ship,
+            args=(self.routing.version,),
+            name=f"pyrokv-{self.node}-handoff",
+            daemon=True,
+        ).start()
+
+    def _ship(self, version: int) -> None:
+        """Send each other node of the change its buckets, then say this node is done."""
+        with self._shipping:
+            todo = self._serial(self._todo, version)
+            if todo is None:
+                return
+            failed: dict[str, str] = {}
+            for owner, buckets in todo:
+                try:
+                    self._ship_to(owner, version, buckets)
+                except Exception as exc:
+                    failed[owner] = f"{type(exc).__name__}: {exc}"
+                    log.warning(
+                        "could not hand off %d buckets to node %r for table version "
+                        "%d: %s (run the change again to retry)",
+                        len(buckets),
+                        owner,
+                        version,
+                        exc,
+                    )
+                    continue
+                self._serial(self._shipped, owner, version, buckets)
+            self._serial(self._failed, version, failed)
+
+    def _todo(self, version: int) -> list[tuple[str, dict[str, Any]]] | None:
+        if self.routing.version != version:
+            return None
+        state = self.state
+        owners = set(state.participants) | set(state.outbox)
+        owners.discard(self.node)
+        return [(owner, dict(state.outbox.get(owner, {}))) for owner in sorted(owners)]
+
+    def _ship_to(self, owner: str, version: int, buckets: dict[str, Any]) -> None:
+        chunk: list[list[Any]] = []
+        size = 0
+        timeout = self.routing.timeout
+        for name, items in buckets.items():
+            pairs = [[key, value] for key, value in list(items.items())]
+            first = True
+            for start in range(0, max(len(pairs), 1), CHUNK_KEYS):
+                part = pairs[start : start + CHUNK_KEYS]
+                chunk.append([name, part, first])
+                first = False
+                size += len(part)
+                if size >= CHUNK_KEYS:
+                    self._send_chunk(owner, version, chunk, False, timeout)
+                    chunk, size = [], 0
+        self._send_chunk(owner, version, chunk, True, timeout)
+
+    def _send_chunk(
+        self, owner: str, version: int, chunk: list[Any], last: bool, timeout: float
+    ) -> None:
+        me = self.node
+        self._send(
+            owner,
+            timeout,
+            lambda proxy, _left: proxy.table_absorb(version, me, chunk, last),
+        )
+
+    def _shipped(self, owner: str, version: int, buckets: dict[str, Any]) -> None:
+        if self.routing.version != version:
+            return
+        box = self.state.outbox.get(owner)
+        if box is None:
+            return
+        for name, items in buckets.items():
+            if box.get(name) is items:
+                del box[name]
+        if not box:
+            del self.state.outbox[owner]
+        self.state.failed.pop(owner, None)
+
+    def _failed(self, version: int, failed: dict[str, str]) -> None:
+        if self.routing.version == version:
+            self.state.failed.update(failed)
+
+    def absorb(
+        self, version: int, sender: str, chunk: list[list[Any]], last: bool
+    ) -> None:
+        """Buckets another node hands to this one; ``last``: it has sent them all."""
+        self._serial(self._absorb, int(version), str(sender), chunk, bool(last))
+
+    def _absorb(
+        self, version: int, sender: str, chunk: list[list[Any]], last: bool
+    ) -> None:
+        if version > self.routing.version and not self._catch_up(version):
+            raise TableChangeError(
+                f"node {self.node!r} is at table version {self.routing.version} and "
+                f"has no table for version {version} prepared: run the change again"
+            )
+        me = self.node
+        table = self.routing.table
+        buckets = self.registry._buckets
+        stray: dict[str, dict[Any, Any]] = {}
+        for name, pairs, first in chunk:
+            owner = _owner(table, name)
+            target = buckets if owner in (me, None) else stray
+            if first or name not in target:
+                target[name] = {}
+            target[name].update((key, value) for key, value in pairs)
+        if stray:  # routed by an older table: not this node's now
+            for name, items in stray.items():
+                owner = _owner(table, name)
+                assert owner is not None
+                self.state.outbox.setdefault(owner, {})[name] = items
+            self._ship_soon()
+        if last and version == self.routing.version:
+            state = self.state
+            state.waiting.discard(sender)
+            if not state.waiting:
+                self._release_held()
+
+    def _release_held(self) -> None:
+        routing = self.routing
+        if not routing.held:
+            return
+        routing.switch(routing.table, routing.version, frozenset())
+        log.info(
+            "node %r has the data of every range it gained at table version %d: "
+            "serving them",
+            self.node,
+            routing.version,
+        )
+        if self.on_release is not None:
+            self.on_release()
+        with self._released:
+            self._released.notify_all()
+
+    def wait_released(self, slot: int, deadline: float) -> bool:
+        """Block (a thread, not the loop) until ``slot`` is no longer held, or the
+        deadline passes; True if it was released."""
+        with self._released:
+            return self._released.wait_for(
+                lambda: slot not in self.routing.held,
+                max(deadline - time.monotonic(), 0.0),
+            )
+
+    def waiting_for(self) -> list[str]:
+        """The nodes whose data this node still waits for (for error messages)."""
+        return sorted(self.state.waiting)
+
+
+async def _call(function: Callable[..., _T], *args: Any) -> _T:
+    return function(*args)
