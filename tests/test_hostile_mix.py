@@ -105,12 +105,15 @@ bad_inner = st.sampled_from(
     ]
 )
 budget = st.integers(0, MAX_BUDGET_MS).map(lambda n: b"%d" % n)
+version = st.integers(0, 10**6).map(lambda n: b"%d" % n)
+bad_version = st.sampled_from([b"-1", b"x", b"1.5", b"9" * 19, b"0x1"])
 malformed_fwd = st.one_of(
-    st.tuples(bad_budget, valid_path, st.just(b"GET zz k")),
-    st.tuples(budget, bad_path, st.just(b"GET zz k")),
-    st.tuples(budget, valid_path, bad_inner),
+    st.tuples(bad_budget, version, valid_path, st.just(b"GET zz k")),
+    st.tuples(budget, bad_version, valid_path, st.just(b"GET zz k")),
+    st.tuples(budget, version, bad_path, st.just(b"GET zz k")),
+    st.tuples(budget, version, valid_path, bad_inner),
 ).map(lambda t: b"FWD " + b" ".join(t)) | st.sampled_from(
-    [b"FWD", b"FWD 1", b"FWD 1 foo", b"FWD  1  foo  "]
+    [b"FWD", b"FWD 1", b"FWD 1 0 foo", b"FWD  1  0  foo  "]
 )
 peer_line = st.one_of(
     st.tuples(st.sampled_from([b"foo", b"bar", b"evil"]), hex32).map(
@@ -190,7 +193,7 @@ class Model:
             words.append(request.value)
         line = b" ".join(words)
         if isinstance(frame, Forged) or LAYOUT[conn][1] is not None:
-            line = b"FWD %d %s %s" % (request.budget, request.path, line)
+            line = b"FWD %d 0 %s %s" % (request.budget, request.path, line)
         return line
 
     def expect(self, conn: int, frame: Benign | Forged | Hostile) -> list[Expected]:

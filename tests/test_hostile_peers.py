@@ -199,7 +199,7 @@ def test_a_sniffed_proof_cannot_be_replayed_on_another_connection(
         mine, _, theirs, _ = hello(sniffed, nodes.bar)
         proof = peering.proof(secret, True, theirs, nodes.bar, mine)
         assert sniffed.ask(b"PROVE " + proof) == b"OK"
-        sniffed.send(f"FWD 1000 {nodes.bar} GET apple k\r\n".encode())
+        sniffed.send(f"FWD 1000 0 {nodes.bar} GET apple k\r\n".encode())
         assert [sniffed.line() for _ in range(3)] == [b"9", b"red", b"OK"]
 
         replayed.send(peering.hello(nodes.bar, mine))  # the sniffed PEER line, too
