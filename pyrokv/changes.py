@@ -28,7 +28,7 @@ from Pyro5.api import Proxy
 
 from . import naming
 from .client import list_nodes, parse_ns
-from .defaults import DEFAULT_TIMEOUT
+from .defaults import DEFAULT_CHANGE_TIMEOUT, DEFAULT_TIMEOUT
 from .errors import PyroKVError, TableChangeError, TableVersionError
 from .live import moved_ranges
 from .proxies import check_certificate, translate
@@ -36,8 +36,6 @@ from .table import RoutingTable, _show_range
 
 __all__ = ["DEFAULT_CHANGE_TIMEOUT", "Cluster", "node_states"]
 
-#: How long ``table set`` waits for a change to complete, in seconds.
-DEFAULT_CHANGE_TIMEOUT = 60.0
 #: Longer than this past its own timeout, a prepared change that was never applied
 #: (its coordinator died) no longer holds the nodes.
 LEASE_MARGIN = 5.0

@@ -20,6 +20,7 @@ from typing import Any
 
 from . import __version__, logs
 from .config import Settings, unknown_variables
+from .defaults import DEFAULT_CHANGE_TIMEOUT
 from .errors import (
     BucketNotFoundError,
     ConfigError,
@@ -31,7 +32,7 @@ from .errors import (
 from .flags import add_setting_flags, settings_for
 from .protocol import VERBS
 from .settings import CONFIG_FLAG, PASSWORD_ENV, SETTINGS, known_environment
-from .table import check_node_name
+from .table import RoutingTable, check_node_name
 
 __all__ = ["main"]
 
@@ -218,6 +219,68 @@ def build_parser() -> argparse.ArgumentParser:
         "of those still down from the name server (saying which)",
     )
     add_setting_flags(p, "status")
+
+    p = commands.add_parser(
+        "table",
+        help="show or change the cluster's routing table while it runs",
+        description="Show the cluster's routing table and version (table show), or "
+        "make a new table the table of every live node and move the buckets whose "
+        "owner changes (table set). See docs/routing.md.",
+    )
+    tables = p.add_subparsers(dest="table_command", metavar="ACTION", required=True)
+    q = tables.add_parser(
+        "show",
+        help="the version, the table, and the version each live node routes by",
+        description="Print the cluster's table version and table, and for each live "
+        "node the version it routes by. At version 0 (before the first 'table set') "
+        "each node routes by its own table: the table is shown when they all share "
+        "one. Exits 0, or 1 when a node is down or a change did not complete.",
+    )
+    q.add_argument(
+        "--json",
+        action="store_true",
+        help='print one JSON object: {"version": N, "table": SPEC or null, '
+        '"nodes": {NODE: VERSION}}',
+    )
+    add_setting_flags(q, "table")
+    q = tables.add_parser(
+        "set",
+        help="make SPEC the table of every live node, moving buckets to new owners",
+        description="Make SPEC the routing table of every live node (the next "
+        "version) and move every bucket whose owner changes to its new owner, "
+        "then print what moved, the new version and the time it took. Requests go "
+        "on being served meanwhile. SPEC is a table such as 'a..f=foo, g..z=bar', "
+        "or 'hash: 0x00..0x7f=foo, 0x80..0xff=bar' to route by a hash of the name.",
+    )
+    q.add_argument("spec", metavar="SPEC", help="the new table")
+    q.add_argument(
+        "--expect-version",
+        metavar="N",
+        type=_version,
+        help="refuse (TableVersionError, nothing applied) unless the table is at "
+        "version N now",
+    )
+    q.add_argument(
+        "--drop-dead",
+        action="store_true",
+        help="give the ranges of nodes that are down to their new owners empty "
+        "(their buckets there are lost); without it such a change is refused",
+    )
+    q.add_argument(
+        "--json",
+        action="store_true",
+        help='print one JSON object: {"version": N, "seconds": S, "moved": [{"range", '
+        '"from", "to", "buckets", "keys"}], "lost": [...]}',
+    )
+    q.add_argument(
+        "--timeout",
+        metavar="S",
+        type=_seconds,
+        default=DEFAULT_CHANGE_TIMEOUT,
+        help=f"longest the change may take, in seconds (default "
+        f"{DEFAULT_CHANGE_TIMEOUT:g})",
+    )
+    add_setting_flags(q, "table")
 
     p = commands.add_parser(
         "config",
@@ -530,6 +593,81 @@ STATUS_FIELDS = (
 )
 
 
+def _version(text: str) -> int:
+    """A table version on the command line: 0 or more."""
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a table version (0, 1, ...)")
+    return int(text)
+
+
+def _seconds(text: str) -> float:
+    """A positive number of seconds on the command line."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds above 0")
+    return value
+
+
+def _table(args: argparse.Namespace, settings: Settings) -> int:
+    """``pyrokv table show`` and ``pyrokv table set``."""
+    from .changes import Cluster
+
+    _tls(settings)
+    cluster = Cluster(settings.ns, timeout=settings.timeout)
+    if args.table_command == "show":
+        shown = cluster.table()
+        if args.json:
+            print(
+                json.dumps(
+                    {k: shown[k] for k in ("version", "table", "nodes")}, indent=2
+                )
+            )
+        else:
+            table = shown["table"]
+            if table is None:
+                table = "(differs between nodes: each routes by its own)"
+            print(f"version {shown['version']}: {table or '(empty)'}")
+            for node, version in shown["nodes"].items():
+                print(f"  {node}  version {version}")
+            for node, why in shown["down"].items():
+                print(f"  {node}  down: {why}")
+            if not shown["complete"]:
+                print(
+                    "a change did not complete (or is running): run the same "
+                    "'pyrokv table set' again to finish it, or set the previous "
+                    "table to undo it"
+                )
+        return 0 if shown["complete"] and not shown["down"] else 1
+    try:
+        table = RoutingTable.parse(args.spec)
+    except InvalidTableError as exc:
+        raise ConfigError(f"SPEC: {exc}") from None
+    result = cluster.set_table(
+        table,
+        expect_version=args.expect_version,
+        drop_dead=args.drop_dead,
+        timeout=args.timeout,
+    )
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    for move in result["moved"]:
+        print(
+            f"moved {move['range']}: {move['from']} -> {move['to']}, "
+            f"{move['buckets']} buckets, {move['keys']} keys"
+        )
+    for lost in result["lost"]:
+        print(
+            f"dropped {lost['range']}: {lost['from']} is down, so its buckets there "
+            f"are lost; {lost['to']} owns the range now, empty"
+        )
+    print(f"table version {result['version']} in {result['seconds']:.2f} s")
+    return 0
+
+
 def _status(args: argparse.Namespace, settings: Settings) -> int:
     """One row per registered node; exit 0 when all answer, 1 when any is down or
     none is registered, 3 when the name server cannot be reached."""
@@ -685,4 +823,5 @@ COMMANDS = {
     "config": _config,
     **dict.fromkeys(DIRECT, _direct),
     "tasks": _tasks,
+    "table": _table,
 }

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 __all__ = [
     "DEFAULT_ALLOW",
+    "DEFAULT_CHANGE_TIMEOUT",
     "DEFAULT_CONFIG",
     "DEFAULT_HOP_LIMIT",
     "DEFAULT_HOST",
@@ -63,3 +64,6 @@ DEFAULT_NODES: tuple[tuple[str, tuple[str, int]], ...] = (
     ("foo", ("127.0.0.1", 4040)),
     ("bar", ("127.0.0.1", 4041)),
 )
+
+#: How long ``pyrokv table set`` waits for a change to complete, in seconds.
+DEFAULT_CHANGE_TIMEOUT = 60.0

@@ -68,7 +68,15 @@ CONFIG_HELP = (
 #: The commands that send requests to a node (``--via NODE``, ``--ns``, ``--timeout``).
 CLIENT_COMMANDS = ("call", "create", "put", "get", "delete", "keys", "tasks")
 #: The commands that talk Pyro5, and so take the TLS flags.
-PYRO5_COMMANDS = ("nameserver", "node", *CLIENT_COMMANDS, "up", "status", "config")
+PYRO5_COMMANDS = (
+    "nameserver",
+    "node",
+    *CLIENT_COMMANDS,
+    "up",
+    "status",
+    "table",
+    "config",
+)
 
 
 @dataclass(frozen=True)
@@ -574,7 +582,7 @@ NS = Shorthand(
     parse=parse_address,
     flag="--ns",
     env="PYROKV_NS",
-    commands=("node", *CLIENT_COMMANDS, "status", "config"),
+    commands=("node", *CLIENT_COMMANDS, "status", "table", "config"),
     help="the name server",
     metavar="HOST:PORT",
     dest="ns",
