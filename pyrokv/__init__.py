@@ -11,6 +11,7 @@ try:
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0"
 
+from .changes import Cluster
 from .client import Client
 from .errors import (
     BucketNotFoundError,
@@ -52,6 +53,7 @@ __all__ = [
     "ChildError",
     "Client",
     "ClientClosedError",
+    "Cluster",
     "ConfigError",
     "HandOffPendingError",
     "IncompatiblePyroError",

@@ -190,11 +190,21 @@ class Cluster:
                 "lost": [],
             }
         if target == version and previous is not None:  # finishing: from the one before
-            old = list(RoutingTable.parse(previous).by_byte)
+            before_table = RoutingTable.parse(previous)
+            old, old_hashed = list(before_table.by_slot), before_table.hashed
         else:
-            old = self._owners(alive, version)
-        runs = moved_ranges(old, table.by_byte)
-        hashed = bool(getattr(table, "hashed", False))
+            old, old_hashed = self._owners(alive, version)
+        hashed = table.hashed
+        if old_hashed == hashed:
+            runs = moved_ranges(old, table.by_slot)
+        else:  # another rule: any bucket of any old owner may go to any new one
+            runs = [
+                (first, last, before, after)
+                for span, after in table.entries
+                for first, last in [(span.start, span.stop - 1)]
+                for before in dict.fromkeys(o for o in old if o is not None)
+                if before != after
+            ]
         lost = []
         for first, last, before, after in runs:
             if before is None or before in alive:
@@ -254,7 +264,7 @@ class Cluster:
         with ThreadPoolExecutor(len(participants)) as pool:
             list(pool.map(apply, participants))
         states = self._wait(uris, participants, target, deadline, errors)
-        moved = self._moved(runs, states, table, alive)
+        moved = self._moved(runs, states, table)
         self._publish(uris, participants, target, new_spec)
         return {
             "version": target,
@@ -298,21 +308,27 @@ class Cluster:
         )
 
     @staticmethod
-    def _owners(alive: dict[str, dict[str, Any]], version: int) -> list[str | None]:
-        """Who holds each slot's buckets now: by the cluster's table, or at
-        version 0 by each node's own table (the node that names itself)."""
+    def _owners(
+        alive: dict[str, dict[str, Any]], version: int
+    ) -> tuple[list[str | None], bool]:
+        """Who holds each slot's buckets now, and whether slots are hashes: by the
+        cluster's table, or at version 0 by each node's own table (the node that
+        names itself first)."""
         if version > 0:
             spec = next(s["table"] for s in alive.values() if s["version"] == version)
-            return list(RoutingTable.parse(spec).by_byte)
+            current = RoutingTable.parse(spec)
+            return list(current.by_slot), current.hashed
         owners: list[str | None] = [None] * 256
+        hashed = False
         for node, state in sorted(alive.items()):
-            own = RoutingTable.parse(state["table"]).by_byte
-            for slot, owner in enumerate(own):
+            own = RoutingTable.parse(state["table"])
+            hashed = hashed or own.hashed
+            for slot, owner in enumerate(own.by_slot):
                 if owner == node and owners[slot] is None:
                     owners[slot] = node
                 elif owners[slot] is None and owner is not None:
                     owners[slot] = owner
-        return owners
+        return owners, hashed
 
     def _wait(
         self,
@@ -392,28 +408,22 @@ class Cluster:
         runs: list[tuple[int, int, str | None, str | None]],
         states: dict[str, dict[str, Any]],
         table: RoutingTable,
-        alive: dict[str, dict[str, Any]],
     ) -> list[dict[str, Any]]:
-        per_slot: dict[int, list[int]] = {}
-        for state in states.values():
-            for slot, buckets, keys in state.get("sent", []):
-                counts = per_slot.setdefault(slot, [0, 0])
-                counts[0] += buckets
-                counts[1] += keys
-        hashed = bool(getattr(table, "hashed", False))
+        """Each run with the buckets and keys its old owner handed off (counted by
+        the old owner, per slot of the new table)."""
         moved = []
         for first, last, before, after in runs:
             if before is None:
                 continue
-            buckets = sum(per_slot.get(s, [0, 0])[0] for s in range(first, last + 1))
-            keys = sum(per_slot.get(s, [0, 0])[1] for s in range(first, last + 1))
+            sent = states.get(before, {}).get("sent", [])
+            inside = [(b, k) for slot, b, k in sent if first <= slot <= last]
             moved.append(
                 {
-                    "range": _range(first, last, hashed),
+                    "range": _range(first, last, table.hashed),
                     "from": before,
                     "to": after,
-                    "buckets": buckets if before in alive else 0,
-                    "keys": keys if before in alive else 0,
+                    "buckets": sum(b for b, _ in inside),
+                    "keys": sum(k for _, k in inside),
                 }
             )
         return moved

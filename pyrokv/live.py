@@ -337,11 +337,14 @@ class Live:
         me = self.node
         old = routing.table
         new = pending.table
-        gained = frozenset(
-            slot
-            for slot in range(256)
-            if new.by_byte[slot] == me and old.by_byte[slot] != me
-        )
+        if new.hashed == old.hashed:
+            gained = frozenset(
+                slot
+                for slot in range(256)
+                if new.by_slot[slot] == me and old.by_slot[slot] != me
+            )
+        else:  # another rule: a slot holds other names; hold all this node owns
+            gained = frozenset(s for s in range(256) if new.by_slot[s] == me)
         others = set(pending.participants) - {me}
         routing.switch(new, pending.version, gained if others else frozenset())
         if not routing.gate.flip(routing.timeout):

@@ -102,6 +102,7 @@ class Routing:
         "_table",
         "fresh",
         "gate",
+        "hashed",
         "hop_limit",
         "node",
         "runs_here",
@@ -166,6 +167,7 @@ class Routing:
         # Several attributes, one decision: fresh first, so a reader that sees the
         # new table never reads the old decisions (and the reverse is harmless).
         self.fresh = fresh
+        self.hashed = table.hashed
         self._held = held
         self.version = version
         self._table = table

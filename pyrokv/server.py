@@ -20,6 +20,7 @@ import socket
 import ssl as ssl_module
 import threading
 import time
+import zlib
 from typing import Any, NamedTuple
 
 from . import peering, protocol
@@ -93,6 +94,7 @@ PARKED_CHECK = 0.1
 _SAMPLE = 63
 # The clock of asyncio's loop.time(), called directly: once per request.
 _monotonic = time.monotonic
+_crc32 = zlib.crc32
 
 
 class _Connection(asyncio.Protocol):
@@ -241,6 +243,7 @@ class _Connection(asyncio.Protocol):
         server = self.server
         handlers = self.handlers
         fresh = server.routing.fresh  # one table for the whole batch
+        hashed = server.routing.hashed
         while queue and not self.hold:
             line = queue.popleft()
             if self.too_long and not queue:
@@ -250,7 +253,8 @@ class _Connection(asyncio.Protocol):
             words = line.split()
             handler = handlers.get(words[0]) if words else None
             if handler is not None and len(words) == handler[0]:
-                decision = fresh[words[1][0]]  # the routing decision, precomputed
+                # the routing decision, precomputed per slot
+                decision = fresh[_crc32(words[1]) & 255 if hashed else words[1][0]]
                 if decision is HERE:  # the common case: answered here and now
                     counts = handler[3]  # this verb's [ok, error]: see stats.py
                     try:
@@ -271,9 +275,11 @@ class _Connection(asyncio.Protocol):
                 else:
                     self._route(words, line, handler[2], decision, out)
                     fresh = server.routing.fresh  # a table switch may have run
+                    hashed = server.routing.hashed
             else:
                 self._other(words, line, out)
                 fresh = server.routing.fresh
+                hashed = server.routing.hashed
         if out:  # written here, not through _write: this is once per request
             transport.write(out[0] if len(out) == 1 else b"".join(out))
             if self.hold & _BLOCKED and transport.get_write_buffer_size() > HARD_LIMIT:

@@ -16,6 +16,7 @@ def test_exports() -> None:
         "BucketNotFoundError",
         "ChildError",
         "Client",
+        "Cluster",
         "ClientClosedError",
         "ConfigError",
         "HandOffPendingError",
