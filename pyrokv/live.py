@@ -498,19 +498,29 @@ class Live:
             )
         me = self.node
         table = self.routing.table
-        buckets = self.registry._buckets
-        stray: dict[str, dict[Any, Any]] = {}
+        whole: dict[str, dict[Any, Any]] = {}  # first parts: replace what is here
+        rest: dict[str, dict[Any, Any]] = {}  # later parts of a bucket: add to it
+        outbox = self.state.outbox
+        stray = False
         for name, pairs, first in chunk:
+            items = dict((key, value) for key, value in pairs)
             owner = _owner(table, name)
-            target = buckets if owner in (me, None) else stray
-            if first or name not in target:
-                target[name] = {}
-            target[name].update((key, value) for key, value in pairs)
-        if stray:  # routed by an older table: not this node's now
-            for name, items in stray.items():
-                owner = _owner(table, name)
-                assert owner is not None
-                self.state.outbox.setdefault(owner, {})[name] = items
+            if owner not in (me, None):  # routed by an older table: not ours now
+                box = outbox.setdefault(owner, {})
+                if first or name not in box:
+                    box[name] = items
+                else:
+                    box[name].update(items)
+                stray = True
+            elif first:
+                whole[name] = items
+            elif name in whole:
+                whole[name].update(items)
+            else:
+                rest[name] = items
+        self.registry.install(whole)
+        self.registry.merge(rest)
+        if stray:
             self._ship_soon()
         if last and version == self.routing.version:
             state = self.state

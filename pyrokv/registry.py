@@ -71,6 +71,12 @@ class Registry:
         for name, items in buckets.items():
             self._buckets[name] = dict(items)
 
+    def merge(self, buckets: dict[str, dict[Any, Any]]) -> None:
+        """Add the keys of ``buckets`` to the buckets of the same name (made if new):
+        the rest of a bucket handed off in several parts."""
+        for name, items in buckets.items():
+            self._buckets.setdefault(name, {}).update(items)
+
     def key_count(self) -> int:
         """How many keys this node holds, in all its buckets."""
         return sum(len(bucket) for bucket in list(self._buckets.values()))
