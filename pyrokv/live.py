@@ -503,7 +503,7 @@ class Live:
         outbox = self.state.outbox
         stray = False
         for name, pairs, first in chunk:
-            items = dict((key, value) for key, value in pairs)
+            items = dict(pairs)  # [[key, value], ...]
             owner = _owner(table, name)
             if owner not in (me, None):  # routed by an older table: not ours now
                 box = outbox.setdefault(owner, {})
