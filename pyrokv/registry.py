@@ -57,7 +57,7 @@ class Registry:
         """Remove the buckets ``names`` (those that exist) and return them: a hand-off.
 
         Used when a bucket's owner changes (docs/routing.md): the old owner extracts
-        it, the new owner :meth:`install`\ s it.
+        it, the new owner puts it back with :meth:`install`.
         """
         taken = {}
         for name in names:
