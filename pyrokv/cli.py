@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import logging
 import os
 import sys
 import threading
@@ -287,15 +288,24 @@ def _nameserver(args: argparse.Namespace, settings: Settings) -> int:
             f"port: {how})"
         ) from None
     loop = threading.Thread(target=daemon.requestLoop, daemon=True)
+    log = logging.getLogger("pyrokv.nameserver")
     with StopSignals() as signals:
         loop.start()
         print(f"URI = {uri}", flush=True)
         print(f"READY nameserver {uri.host}:{uri.port}", flush=True)
+        log.info(
+            "name server serving at %s:%d%s",
+            uri.host,
+            uri.port,
+            " over mutual TLS" if tls is not None else "",
+        )
         try:
             signals.wait()
         finally:
+            log.info("name server stopping")
             daemon.shutdown()
             loop.join(timeout=5)
+            log.info("name server stopped")
     return 0
 
 
