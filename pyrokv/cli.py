@@ -38,6 +38,9 @@ __all__ = ["main"]
 
 TASKS_MODULE = "pyrokv.tasks"
 
+#: What the long-running commands log at their start (logs.configure ran first).
+_log = logging.getLogger("pyrokv.cli")
+
 
 def _node_name(text: str) -> str:
     """A node name on the command line; a bad one is a usage error (exit 2)."""
@@ -374,39 +377,42 @@ def _check_node_host(name: str, host: str, ns_host: str, up_child: bool) -> None
             f"({how})"
         )
     if host.startswith(_LOOPBACK) and not ns_host.startswith(_LOOPBACK):
-        print(
-            f"pyrokv: warning: node {name!r} binds {host} but registers with the name "
-            f"server at {ns_host}: nodes on other hosts cannot reach {host}; "
-            f"give the address they reach this host by ({how})",
-            file=sys.stderr,
-            flush=True,
+        _log.warning(
+            "node %r binds %s but registers with the name server at %s: nodes on "
+            "other hosts cannot reach %s; give the address they reach this host by "
+            "(%s)",
+            name,
+            host,
+            ns_host,
+            host,
+            how,
         )
 
 
 def _warn_if_exposed(
     what: str, host: str, listen: tuple[str, int] | None = None, tls: bool = False
 ) -> None:
-    """Warn on stderr when a service binds beyond this machine without protection."""
+    """Warn (a log line) when a service binds beyond this machine without protection."""
     if not host.startswith(_LOOPBACK) and not tls:
         risk = (
             "register or replace node names and so redirect every request"
             if what == "the name server"
             else "read and change every bucket and run allowlisted tasks"
         )
-        print(
-            f"pyrokv: warning: {what} serves Pyro5 on {host} without TLS: anyone who "
-            f"can reach that address can {risk}; use --tls-cert/--tls-key/--tls-ca, "
-            "or bind 127.0.0.1",
-            file=sys.stderr,
-            flush=True,
+        _log.warning(
+            "%s serves Pyro5 on %s without TLS: anyone who can reach that address "
+            "can %s; use --tls-cert/--tls-key/--tls-ca, or bind 127.0.0.1",
+            what,
+            host,
+            risk,
         )
     if listen is not None and not listen[0].startswith(_LOOPBACK):
-        print(
-            f"pyrokv: warning: {what} serves the text protocol on "
-            f"{listen[0]}:{listen[1]}: it has no authentication and no encryption; "
-            "anyone who can reach it can read and change every bucket",
-            file=sys.stderr,
-            flush=True,
+        _log.warning(
+            "%s serves the text protocol on %s:%d: it has no authentication and no "
+            "encryption; anyone who can reach it can read and change every bucket",
+            what,
+            listen[0],
+            listen[1],
         )
 
 

@@ -29,6 +29,7 @@ from pyrokv.registry import Registry
 from pyrokv.router import Router
 from pyrokv.server import TextServer
 from pyrokv.testing import Conn
+from pyrokv.tls import TLSSettings
 
 REPOSITORY = "https://github.com/pyrokv/pyrokv"
 
@@ -104,6 +105,15 @@ def test_metrics_without_the_library_names_the_flag_the_key_and_the_extra(
     text = str(caught.value)
     assert "--metrics" in text and "metrics under [node NAME]" in text, text
     assert "pip install 'pyrokv[metrics]'" in text, text
+
+
+def test_some_tls_options_without_the_rest_names_the_flags_and_the_keys() -> None:
+    """TLS half given (on the command line or in the file) names what is missing,
+    as a flag and as a key of the config file."""
+    with pytest.raises(ConfigError) as caught:
+        TLSSettings.from_options("cert.pem", None, None)
+    text = str(caught.value)
+    assert "missing --tls-key, --tls-ca" in text and "under [tls]" in text, text
 
 
 def test_a_missing_config_file_named_by_the_environment_says_so(
