@@ -225,9 +225,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser(
         "config",
-        help="print the effective settings",
-        description="Print the settings after defaults, the config file and PYROKV_* "
-        "variables are applied.",
+        help="print the effective settings, each with where it came from",
+        description="Print the settings after defaults, the config file, PYROKV_* "
+        "variables and flags are applied, as a config file; each value is followed "
+        "by where it came from (flag, environment, file or default).",
     )
     add_setting_flags(p, "config")
     return parser

@@ -149,9 +149,17 @@ def _print_up(
 ) -> None:
     print(f"pyrokv cluster is up (settings: {settings.source})", file=out)
     print(f"  name server   {ns[0]}:{ns[1]}", file=out)
-    for name, table, listen, _child in rows:
+    for name, table, listen, child in rows:
         text = f"text protocol on {listen}" if listen else "no text protocol"
-        print(f"  node {name:<8} {text}; table {table}", file=out)
+        metrics = next(
+            (
+                f"; metrics at http://{line.split()[2]}/metrics"
+                for line in child.lines
+                if line.startswith(f"METRICS {name} ")
+            ),
+            "",
+        )
+        print(f"  node {name:<8} {text}; table {table}{metrics}", file=out)
     print("\nTalk to it:", file=out)
     first = next((listen for _, _, listen, _ in rows if listen), None)
     if first:

@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -160,8 +161,8 @@ def write_up_config(path: Path, node: str = "") -> Path:
 def test_up_logs_its_children_and_itself_on_stderr(tmp_path: Path) -> None:
     """pyrokv up shows the log lines of the processes it started on its stderr (each
     naming its process), logs their start and its stop, and keeps the lines meant
-    for itself (READY, LISTEN) off it."""
-    conf = write_up_config(tmp_path / "c.conf")
+    for itself (READY, LISTEN) off it; it says where a node's metrics are."""
+    conf = write_up_config(tmp_path / "c.conf", "metrics = 127.0.0.1:0\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYROKV_")}
     proc = subprocess.Popen(
         [sys.executable, "-u", "-m", "pyrokv", "up", "--config", str(conf)],
@@ -179,6 +180,10 @@ def test_up_logs_its_children_and_itself_on_stderr(tmp_path: Path) -> None:
             line = proc.stdout.readline()
             assert line, out  # exited early
             out.append(line)
+        foo = next(x for x in out if x.startswith("  node foo "))
+        scrape = foo.split("; metrics at ")[1].strip()
+        with urllib.request.urlopen(scrape, timeout=10) as got:
+            assert b"pyrokv_keys" in got.read()
         proc.send_signal(signal.SIGINT)
         _rest, err = proc.communicate(timeout=30)
     finally:
