@@ -295,3 +295,15 @@ def test_the_wheel_holds_py_typed_the_licence_and_the_urls(tmp_path: Path) -> No
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names), names
     for key in ("Homepage", "Documentation", "Source", "Issues"):
         assert f"Project-URL: {key}, {REPOSITORY}" in text, text
+
+
+def test_the_architecture_names_every_module() -> None:
+    """docs/architecture.md's module table holds a row for every module of pyrokv/
+    (the ones issue 13 added among them)."""
+    root = Path(__file__).resolve().parent.parent
+    text = (root / "docs" / "architecture.md").read_text()
+    modules = sorted(p.name for p in (root / "pyrokv").glob("*.py"))
+    missing = [
+        m for m in modules if not m.startswith("__") and f"| `{m}` |" not in text
+    ]
+    assert missing == [], missing
