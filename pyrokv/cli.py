@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import logging
 import os
 import sys
 import threading
@@ -37,6 +38,9 @@ from .table import RoutingTable, check_node_name
 __all__ = ["main"]
 
 TASKS_MODULE = "pyrokv.tasks"
+
+#: What the long-running commands log at their start (logs.configure ran first).
+_log = logging.getLogger("pyrokv.cli")
 
 
 def _node_name(text: str) -> str:
@@ -284,9 +288,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser(
         "config",
-        help="print the effective settings",
-        description="Print the settings after defaults, the config file and PYROKV_* "
-        "variables are applied.",
+        help="print the effective settings, each with where it came from",
+        description="Print the settings after defaults, the config file, PYROKV_* "
+        "variables and flags are applied, as a config file; each value is followed "
+        "by where it came from (flag, environment, file or default).",
     )
     add_setting_flags(p, "config")
     return parser
@@ -350,15 +355,24 @@ def _nameserver(args: argparse.Namespace, settings: Settings) -> int:
             f"port: {how})"
         ) from None
     loop = threading.Thread(target=daemon.requestLoop, daemon=True)
+    log = logging.getLogger("pyrokv.nameserver")
     with StopSignals() as signals:
         loop.start()
         print(f"URI = {uri}", flush=True)
         print(f"READY nameserver {uri.host}:{uri.port}", flush=True)
+        log.info(
+            "name server serving at %s:%d%s",
+            uri.host,
+            uri.port,
+            " over mutual TLS" if tls is not None else "",
+        )
         try:
             signals.wait()
         finally:
+            log.info("name server stopping")
             daemon.shutdown()
             loop.join(timeout=5)
+            log.info("name server stopped")
     return 0
 
 
@@ -427,39 +441,42 @@ def _check_node_host(name: str, host: str, ns_host: str, up_child: bool) -> None
             f"({how})"
         )
     if host.startswith(_LOOPBACK) and not ns_host.startswith(_LOOPBACK):
-        print(
-            f"pyrokv: warning: node {name!r} binds {host} but registers with the name "
-            f"server at {ns_host}: nodes on other hosts cannot reach {host}; "
-            f"give the address they reach this host by ({how})",
-            file=sys.stderr,
-            flush=True,
+        _log.warning(
+            "node %r binds %s but registers with the name server at %s: nodes on "
+            "other hosts cannot reach %s; give the address they reach this host by "
+            "(%s)",
+            name,
+            host,
+            ns_host,
+            host,
+            how,
         )
 
 
 def _warn_if_exposed(
     what: str, host: str, listen: tuple[str, int] | None = None, tls: bool = False
 ) -> None:
-    """Warn on stderr when a service binds beyond this machine without protection."""
+    """Warn (a log line) when a service binds beyond this machine without protection."""
     if not host.startswith(_LOOPBACK) and not tls:
         risk = (
             "register or replace node names and so redirect every request"
             if what == "the name server"
             else "read and change every bucket and run allowlisted tasks"
         )
-        print(
-            f"pyrokv: warning: {what} serves Pyro5 on {host} without TLS: anyone who "
-            f"can reach that address can {risk}; use --tls-cert/--tls-key/--tls-ca, "
-            "or bind 127.0.0.1",
-            file=sys.stderr,
-            flush=True,
+        _log.warning(
+            "%s serves Pyro5 on %s without TLS: anyone who can reach that address "
+            "can %s; use --tls-cert/--tls-key/--tls-ca, or bind 127.0.0.1",
+            what,
+            host,
+            risk,
         )
     if listen is not None and not listen[0].startswith(_LOOPBACK):
-        print(
-            f"pyrokv: warning: {what} serves the text protocol on "
-            f"{listen[0]}:{listen[1]}: it has no authentication and no encryption; "
-            "anyone who can reach it can read and change every bucket",
-            file=sys.stderr,
-            flush=True,
+        _log.warning(
+            "%s serves the text protocol on %s:%d: it has no authentication and no "
+            "encryption; anyone who can reach it can read and change every bucket",
+            what,
+            listen[0],
+            listen[1],
         )
 
 

@@ -19,6 +19,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from typing import TextIO
 
 from .errors import ChildError
 from .naming import parse_address
@@ -71,6 +72,8 @@ class Child:
         )
         self.lines: list[str] = []
         self._queue: queue.Queue[str | None] = queue.Queue()
+        self._echo: TextIO | None = None
+        self._echo_lock = threading.Lock()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
@@ -78,9 +81,21 @@ class Child:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
             line = line.rstrip("\n")
-            self.lines.append(line)
+            with self._echo_lock:
+                self.lines.append(line)
+                if self._echo is not None:
+                    _echo(self._echo, line)
             self._queue.put(line)
         self._queue.put(None)
+
+    def relay(self, stream: TextIO) -> None:
+        """Write the child's log and warning lines to ``stream``: those it printed
+        so far, then each as it comes (``pyrokv up`` shows its children's logs).
+        The lines meant for the parent (``READY``, ``LISTEN`` ...) are not relayed."""
+        with self._echo_lock:
+            self._echo = stream
+            for line in self.lines:
+                _echo(stream, line)
 
     def wait_for(self, prefix: str, timeout: float = START_TIMEOUT) -> str:
         """Wait for an output line starting with ``prefix``; return it."""
@@ -162,6 +177,17 @@ class Child:
             if pipe is not None:
                 with contextlib.suppress(OSError):  # stdin: the child is gone
                     pipe.close()
+
+
+#: The first words of the lines a child prints for its parent, not for a person.
+_FOR_THE_PARENT = ("READY ", "LISTEN ", "METRICS ", "URI = ", "STOPPED ")
+
+
+def _echo(stream: TextIO, line: str) -> None:
+    if not line.startswith(_FOR_THE_PARENT):
+        with contextlib.suppress(OSError, ValueError):  # the stream closed: no echo
+            stream.write(line + "\n")
+            stream.flush()
 
 
 def spawn_nameserver(

@@ -278,12 +278,23 @@ def load_settings(
     ignored: see :func:`unknown_variables`)."""
     environ = os.environ if environ is None else environ
     settings = Settings()
+    from_environment = False
     if path is None:
         path = environ.get(CONFIG_ENV) or None
+        from_environment = path is not None
         if path is None and Path(DEFAULT_CONFIG).is_file():
             path = DEFAULT_CONFIG
     if path is not None:
-        settings = _read_file(Path(path), settings)
+        try:
+            settings = _read_file(Path(path), settings)
+        except ConfigError as exc:
+            if not from_environment:
+                raise
+            # say where the name came from: the variable may be long forgotten
+            raise ConfigError(
+                f"{exc} (the file named by ${CONFIG_ENV}; fix it, or unset "
+                f"{CONFIG_ENV})"
+            ) from None
     if NS.env in environ:
         raw = environ[NS.env]
         values = _value(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import tempfile
@@ -11,7 +12,7 @@ from typing import TextIO
 from .client import Client
 from .cluster import Child, LocalCluster, spawn_nameserver, spawn_node, write_secret
 from .config import BUILT_IN, Settings, save_settings
-from .errors import ChildError, NothingToStartError, PyroKVError
+from .errors import ChildError, ConfigError, NothingToStartError, PyroKVError
 from .flags import UP_CHILD
 from .naming import parse_address
 from .signals import StopSignals
@@ -20,11 +21,23 @@ from .testing import Conn
 
 __all__ = ["run_demo", "run_up"]
 
+log = logging.getLogger("pyrokv.up")
+
 
 def _listen_address(child: Child) -> str | None:
     """``HOST:PORT`` of the node's text protocol, as it printed it; None if it has none."""
     address = child.listen_address()
     return None if address is None else f"{address[0]}:{address[1]}"
+
+
+def _did_not_start(what: str, child: Child | None) -> PyroKVError:
+    """The error of a child that did not start: a :class:`ConfigError` (exit 2)
+    when the child exited 2, as for a usage or configuration error it found in
+    the settings ``up`` handed it, else a :class:`ChildError`."""
+    message = f"{what} did not start: {_child_failure(child)}"
+    if child is not None and child.proc.poll() == 2:
+        return ConfigError(message)
+    return ChildError(message)
 
 
 def _child_failure(child: Child | None) -> str:
@@ -64,15 +77,24 @@ def run_up(settings: Settings, out: TextIO = sys.stdout) -> int:
             while not signals.wait(0.5):
                 for child in children:
                     if not child.alive():
+                        log.error(
+                            "%s (pid %d) stopped unexpectedly, with exit code %s",
+                            child.name,
+                            child.proc.pid,
+                            child.proc.returncode,
+                        )
                         raise ChildError(
                             f"{child.name} stopped unexpectedly: "
                             f"{_child_failure(child)}; stopping the cluster"
                         )
             print("stopping the cluster ...", file=out, flush=True)
+            log.info("stopping the cluster")
             return 0
         finally:
             for child in reversed(children):
                 child.stop()
+            if children:
+                log.info("stopped every process of the cluster")
 
 
 def _start(
@@ -98,10 +120,10 @@ def _start(
     try:
         ns_child, ns = spawn_nameserver(None, None, config=config, extra=[UP_CHILD])
     except ChildError as exc:
-        raise ChildError(
-            f"the name server did not start: {_child_failure(exc.child)}"
-        ) from None
+        raise _did_not_start("the name server", exc.child) from None
     children.append(ns_child)
+    ns_child.relay(sys.stderr)  # its log lines, among up's own
+    log.info("started the name server at %s:%d (pid %d)", *ns, ns_child.proc.pid)
     started = "the name server pyrokv up started"
     settings = settings.set("nameserver", "host", ns[0], started)
     save_settings(settings.set("nameserver", "port", ns[1], started), config)
@@ -110,10 +132,10 @@ def _start(
         try:
             child = spawn_node(node.name, None, config=config, extra=[UP_CHILD])
         except ChildError as exc:
-            raise ChildError(
-                f"node {node.name!r} did not start: {_child_failure(exc.child)}"
-            ) from None
+            raise _did_not_start(f"node {node.name!r}", exc.child) from None
         children.append(child)
+        child.relay(sys.stderr)
+        log.info("started node %r (pid %d)", node.name, child.proc.pid)
         table = settings.table if node.table is None else node.table
         rows.append((node.name, table, _listen_address(child), child))
     return ns, rows
@@ -127,9 +149,17 @@ def _print_up(
 ) -> None:
     print(f"pyrokv cluster is up (settings: {settings.source})", file=out)
     print(f"  name server   {ns[0]}:{ns[1]}", file=out)
-    for name, table, listen, _child in rows:
+    for name, table, listen, child in rows:
         text = f"text protocol on {listen}" if listen else "no text protocol"
-        print(f"  node {name:<8} {text}; table {table}", file=out)
+        metrics = next(
+            (
+                f"; metrics at http://{line.split()[2]}/metrics"
+                for line in child.lines
+                if line.startswith(f"METRICS {name} ")
+            ),
+            "",
+        )
+        print(f"  node {name:<8} {text}; table {table}{metrics}", file=out)
     print("\nTalk to it:", file=out)
     first = next((listen for _, _, listen, _ in rows if listen), None)
     if first:

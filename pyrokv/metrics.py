@@ -109,7 +109,8 @@ def check_available() -> None:
         import prometheus_client  # noqa: F401
     except ImportError:
         raise ConfigError(
-            f"--metrics needs the prometheus-client library: {_EXTRA}"
+            "serving metrics (--metrics, or metrics under [node NAME] in the config "
+            f"file) needs the prometheus-client library, which is not installed: {_EXTRA}"
         ) from None
 
 

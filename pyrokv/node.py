@@ -376,6 +376,24 @@ def start_node(
     return handle
 
 
+def _check_options(options: dict[str, Any]) -> None:
+    """The checks of :func:`start_node` that need no network: the text port's TLS,
+    the metrics library, the password and secret files. Each raises a
+    :class:`ConfigError`."""
+    _text_tls(
+        options.get("listen"),
+        options.get("tls"),
+        options.get("listen_tls", False),
+        options.get("listen_tls_verify_client", False),
+    )
+    if options.get("metrics") is not None:
+        metrics_module.check_available()
+    if options.get("password_file") is not None:
+        read_password(options["password_file"])
+    if options.get("secret_file") is not None:
+        peering.read_secret(options["secret_file"])
+
+
 def _text_tls(
     listen: tuple[str, int] | None,
     tls: TLSSettings | None,
@@ -501,6 +519,7 @@ def serve_node(
     """
     setup_pyro()
     guard_daemons(options.get("max_message", DEFAULT_MAX_MESSAGE), refuse_uris=True)
+    _check_options(options)  # a configuration error is told at once, not after a wait
     with StopSignals() as signals:
         timeout = options.get("timeout", DEFAULT_TIMEOUT)
         if ns_wait <= 0 or naming.wait_for_nameserver(

@@ -187,7 +187,7 @@ class _Link(asyncio.Protocol):
 
     def _fail_with(self, error: PyroKVError) -> None:
         """Give every request in flight ``error``, and drop this link."""
-        if not self.failed and self.ready.done():
+        if not self.failed and self.ready.done() and not self.links.closing:
             self.links.directory.mark_down(self.owner, error)
         self._fail_reply(protocol.error_reply(error))
 
@@ -213,13 +213,16 @@ class _NotAPeerError(Exception):
 class _Lane:
     """One owner's state: its link, or requests waiting for one."""
 
-    __slots__ = ("connecting", "link", "pyro_until", "queued")
+    __slots__ = ("connecting", "link", "noted", "pyro_until", "queued")
 
     def __init__(self) -> None:
         self.link: _Link | None = None
         self.connecting = False
         self.queued: list[Forward] = []
         self.pyro_until = 0.0
+        #: whether "no peer link" was logged since the link was last up: an owner
+        #: that stays away is tried again per request, but logged once per outage
+        self.noted = False
 
 
 class PeerLinks:
@@ -251,6 +254,8 @@ class PeerLinks:
         self.node = node
         self.secret = secret
         self.lanes: dict[str, _Lane] = {}
+        #: set by :meth:`close`: links dropped by this node's own stop are no outage
+        self.closing = False
 
     def send(self, request: Forward) -> None:
         """Forward ``request`` on its owner's link, or over the fallback if it has none."""
@@ -288,13 +293,16 @@ class PeerLinks:
         except (asyncio.TimeoutError, TimeoutError):
             pass  # the owner is slow: the fallback reports it, within the deadline
         except Exception as exc:  # unreachable, not registered, ...: the same
-            log.info("no peer link to %s (%s); over Pyro5 instead", owner, exc)
+            if not lane.noted:  # once per outage, not per request
+                lane.noted = True
+                log.info("no peer link to %s (%s); over Pyro5 instead", owner, exc)
         # Settle the lane before handing anything out: a reply may send the next
         # request for this owner at once, and it must find the lane as it now is.
         lane.connecting = False
         queued, lane.queued = lane.queued, []
         link = lane.link
         if link is not None:
+            lane.noted = False
             log.info("peer link to node %r at %s is up", owner, _show(link.address))
             self.directory.mark_up(owner)
         if link is None:
@@ -334,12 +342,13 @@ class PeerLinks:
         lane = self.lanes.get(link.owner)
         if lane is not None and lane.link is link:
             lane.link = None
-            if link.ready.done() and not link.ready.exception():
+            if link.ready.done() and not link.ready.exception() and not self.closing:
                 log.warning("peer link to node %r is down: %s", link.owner, why)
         self.directory.forget_text(link.owner)
 
     def close(self) -> None:
         """Close every link (on the loop)."""
+        self.closing = True
         for lane in self.lanes.values():
             if lane.link is not None and lane.link.transport is not None:
                 lane.link.transport.abort()

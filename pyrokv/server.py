@@ -44,6 +44,7 @@ __all__ = [
 
 log = logging.getLogger("pyrokv.server")
 _refused_peers = RateLimited(log)
+_overloaded = RateLimited(log)
 
 DEFAULT_MAX_CONNECTIONS = 1000
 #: Threads that make Pyro5 calls for routed text requests (and name-server look-ups).
@@ -134,6 +135,10 @@ class _Connection(asyncio.Protocol):
         server = self.server
         if len(server.connections) >= server.max_connections:
             if server.secret is None or not server.make_room():
+                _overloaded.note(
+                    "a text connection: the node serves its limit of "
+                    f"{server.max_connections} (too many connections)"
+                )
                 transport.write(_TOO_MANY)
                 transport.close()
                 self.closing = True

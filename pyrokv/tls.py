@@ -110,6 +110,7 @@ class TLSSettings:
             raise ConfigError(
                 "TLS needs all of --tls-cert, --tls-key and --tls-ca; missing "
                 + ", ".join(missing)
+                + " (in a config file: cert, key and ca under [tls])"
             )
         return cls(os.fspath(cert), os.fspath(key), os.fspath(ca))  # type: ignore[arg-type]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 import time
@@ -208,12 +209,15 @@ def pyrokv_errors():
     return pyrokv.errors
 
 
-def test_exposure_warnings(capsys: pytest.CaptureFixture[str]) -> None:
-    """Binding beyond loopback without TLS warns, saying what is exposed; loopback is quiet."""
+def test_exposure_warnings(caplog: pytest.LogCaptureFixture) -> None:
+    """Binding beyond loopback without TLS warns (a log line, as every event of a
+    node), saying what is exposed; loopback is quiet."""
+    caplog.set_level(logging.WARNING, logger="pyrokv.cli")
     _warn_if_exposed("node 'foo'", "127.0.0.1", ("127.0.0.1", 4040))
-    assert capsys.readouterr().err == ""
+    assert caplog.records == []
     _warn_if_exposed("node 'foo'", "0.0.0.0", ("0.0.0.0", 4040))
-    err = capsys.readouterr().err
+    err = "\n".join(r.getMessage() for r in caplog.records)
+    assert all(r.levelname == "WARNING" for r in caplog.records)
     assert "serves Pyro5 on 0.0.0.0 without TLS" in err
     assert "text protocol on 0.0.0.0:4040: it has no authentication" in err
 

@@ -114,9 +114,9 @@ def test_up_starts_the_cluster_and_ctrl_c_stops_every_child(
     try:
         lines = read_until(proc, "Ctrl-C stops")
         text = "\n".join(lines)
-        ns_line = next(line for line in lines if "name server" in line)
+        ns_line = next(line for line in lines if line.startswith("  name server "))
         host, port = ns_line.split()[-1].rsplit(":", 1)
-        foo = next(line for line in lines if "node foo" in line)
+        foo = next(line for line in lines if line.startswith("  node foo "))
         listen = foo.split("text protocol on ")[1].split(";")[0]
         assert "pyrokv call hello node_name" in text
         for word, printed in (("create", "OK\n"), ("put", "OK\n"), ("get", "1\n")):
@@ -173,10 +173,16 @@ def test_up_hands_its_children_the_config(tmp_path: Path) -> None:
     )
     try:
         lines = read_until(proc, "Ctrl-C stops")
-        host, port = next(x for x in lines if "name server" in x).split()[-1].split(":")
+        host, port = (
+            next(x for x in lines if x.startswith("  name server "))
+            .split()[-1]
+            .split(":")
+        )
         ns = (host, int(port))
         listen = (
-            next(x for x in lines if "node foo" in x).split(" on ")[1].split(";")[0]
+            next(x for x in lines if x.startswith("  node foo "))
+            .split(" on ")[1]
+            .split(";")[0]
         )
         kids = children_of(proc.pid)
         commands = sorted(pyrokv_args(pid) for pid in kids)

@@ -62,6 +62,14 @@ def test_a_node_logs_its_peer_going_down_and_coming_back(
             )
             down = [x for x in a.lines if f"node '{bar}' is unreachable" in x]
             assert len(down) == 1, down  # once per outage, not per request
+            wait_for(
+                lambda: any(f"no peer link to {bar}" in x for x in a.lines),
+                "the link given up for Pyro5",
+            )
+            during = len(a.lines)
+            for _ in range(20):  # each tries the link again, and says nothing
+                assert c.ask("GET zoo k").startswith(b"ERROR node")
+            assert a.lines[during:] == [], a.lines[during:]
             assert any(f"peer link to node '{bar}' is down" in x for x in a.lines)
             b = spawn_node(bar, ns, table, extra=extra)
             wait_for(lambda: c.ask("CREATE zoo") == b"OK", "bar served again")
@@ -75,3 +83,48 @@ def test_a_node_logs_its_peer_going_down_and_coming_back(
         if b is not None:
             b.stop()
         a.stop()
+
+
+def test_a_stopping_node_does_not_report_its_peers_down(
+    ns: tuple[str, int], unique: str, secret_file: str
+) -> None:
+    """The peer links a node drops as it stops are no outage of their owners: no
+    "unreachable" or "is down" line from the node that stops."""
+    foo, bar = f"f{unique}", f"b{unique}"
+    table = f"a..m={foo}, n..z={bar}"
+    extra = ["--listen", "127.0.0.1:0", "--cluster-secret-file", secret_file]
+    a = spawn_node(foo, ns, table, extra=extra)
+    b = spawn_node(bar, ns, table, extra=extra)
+    try:
+        address = a.listen_address()
+        assert address is not None
+        with Conn(address) as c:
+            assert c.ask("CREATE zoo") == b"OK"
+        wait_for(
+            lambda: any(f"peer link to node '{bar}'" in x for x in a.lines),
+            "the link up",
+        )
+        a.stop()
+        stopping = next(i for i, x in enumerate(a.lines) if "stopping" in x)
+        assert not [x for x in a.lines[stopping:] if "WARNING" in x], a.lines
+    finally:
+        a.stop()
+        b.stop()
+
+
+@pytest.mark.parametrize(
+    ("level", "shown", "hidden"),
+    [("WARNING", None, " INFO "), ("DEBUG", " DEBUG ", None)],
+)
+def test_a_node_logs_at_its_log_level(
+    ns: tuple[str, int], unique: str, level: str, shown: str | None, hidden: str | None
+) -> None:
+    """--log-level WARNING hides the INFO lines (its start); DEBUG shows more (Pyro5's
+    own lines among them)."""
+    node = spawn_node(f"l{unique}", ns, f"a..z=l{unique}", extra=["--log-level", level])
+    node.stop()
+    logged = [x for x in node.lines if x[:4].isdigit()]
+    if shown is not None:
+        assert any(shown in x for x in logged), node.lines
+    if hidden is not None:
+        assert not any(hidden in x for x in logged), node.lines

@@ -84,7 +84,10 @@ def test_from_options_none_given_means_plain() -> None:
 
 def test_from_options_needs_all_three(pki: PKI) -> None:
     """from_options names the missing options when only some are given."""
-    with pytest.raises(ConfigError, match=r"missing --tls-key, --tls-ca$"):
+    with pytest.raises(
+        ConfigError,
+        match=r"missing --tls-key, --tls-ca \(in a config file: cert, key and ca under \[tls\]\)$",
+    ):
         TLSSettings.from_options(pki.node_cert, None, None)
     settings = TLSSettings.from_options(pki.node_cert, pki.node_key, pki.ca)
     assert settings == pki.node
