@@ -21,7 +21,6 @@ __all__ = [
     "TaskContext",
     "buckets",
     "create",
-    "current",
     "delete",
     "get",
     "info",
@@ -45,7 +44,7 @@ class TaskContext(NamedTuple):
 _current: contextvars.ContextVar[TaskContext] = contextvars.ContextVar("pyrokv_task")
 
 
-def current() -> TaskContext:
+def _context() -> TaskContext:
     """The node running the current task; an error outside a task."""
     try:
         return _current.get()
@@ -58,37 +57,37 @@ def current() -> TaskContext:
 
 def node_name() -> str:
     """The name of the node running this task (the guide's ``Kernel.node/0``)."""
-    return current().node
+    return _context().node
 
 
 def create(bucket: str) -> None:
     """Create ``bucket`` on this node (no change if it exists)."""
-    current().registry.create(bucket)
+    _context().registry.create(bucket)
 
 
 def lookup(bucket: str) -> bool:
     """Whether ``bucket`` exists on this node."""
-    return current().registry.lookup(bucket)
+    return _context().registry.lookup(bucket)
 
 
 def get(bucket: str, key: Any) -> Any:
     """The value of ``key`` in ``bucket`` on this node, or None."""
-    return current().registry.get(bucket, key)
+    return _context().registry.get(bucket, key)
 
 
 def put(bucket: str, key: Any, value: Any) -> None:
     """Set ``key`` to ``value`` in ``bucket`` on this node."""
-    current().registry.put(bucket, key, value)
+    _context().registry.put(bucket, key, value)
 
 
 def delete(bucket: str, key: Any) -> Any:
     """Remove ``key`` from ``bucket`` on this node; return the old value or None."""
-    return current().registry.delete(bucket, key)
+    return _context().registry.delete(bucket, key)
 
 
 def keys(bucket: str) -> list[Any]:
     """The keys of ``bucket`` on this node, sorted."""
-    return current().registry.keys(bucket)
+    return _context().registry.keys(bucket)
 
 
 def ping() -> str:
@@ -98,9 +97,9 @@ def ping() -> str:
 
 def info() -> dict[str, Any]:
     """What this node says about itself: the fields of the text protocol's INFO."""
-    return current().info()
+    return _context().info()
 
 
 def buckets() -> list[str]:
     """The names of the buckets on this node."""
-    return current().registry.buckets()
+    return _context().registry.buckets()

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+import pyrokv.tasks
 from pyrokv import Registry, TaskArgumentError, TaskNotAllowedError, TaskRunner, tasks
 from pyrokv.errors import PyroKVError
 
@@ -169,6 +170,10 @@ def test_tasks_lists_exactly_what_run_would_run(canary: str) -> None:
     assert why.startswith("cannot be imported on this node: ModuleNotFoundError")
     mine = {name for name in listed if name.startswith(f"{canary}.")}
     assert mine == {f"{canary}.ok"}  # no os, join, borrowed, _private, lam, Thing
+    ours = {name for name in listed if name.startswith("pyrokv.tasks.")}
+    assert ours == {f"pyrokv.tasks.{name}" for name in pyrokv.tasks.__all__} - {
+        "pyrokv.tasks.TaskContext"
+    }  # each one a task a client may run: no helper that fails when called
     for name in listed:
         if name != missing:
             runner._resolve(name)  # each one passes the allowlist check
