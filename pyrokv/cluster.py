@@ -42,9 +42,11 @@ START_TIMEOUT = 20.0
 
 #: Linux's prctl(2) option that has the kernel signal a process when its parent dies.
 PR_SET_PDEATHSIG = 1
-#: The signal a child of ``pyrokv up`` gets when ``up`` dies, however it died: the
-#: child stops as on Ctrl-C (a node unregisters), within a fraction of a second.
-PARENT_DEATH_SIGNAL = signal.SIGTERM
+#: The signal a child of ``pyrokv up`` gets when ``up`` dies, however it died.
+#: SIGKILL, not SIGTERM: the child is gone at once however loaded the machine is
+#: (a graceful stop takes a Python process tenths of a second, seconds under load),
+#: and a dying parent sends it once per thread, which a handler must survive.
+PARENT_DEATH_SIGNAL = signal.SIGKILL
 
 
 def describe_exit(returncode: int) -> str:
@@ -90,8 +92,8 @@ class Child:
     flags and the config file they are given only), plus ``env``. With ``stdin=True`` :meth:`send` writes lines to the child's input.
     With ``log``, every line the child prints (stdout and stderr) is also appended
     to that file, after a line saying when and as which pid it started. With
-    ``die_with_parent``, the child gets SIGTERM when this process dies, even by
-    SIGKILL (Linux; see :func:`_die_with_parent`).
+    ``die_with_parent``, the child gets SIGKILL when this process dies, however it
+    died (Linux; see :func:`_die_with_parent`).
     """
 
     def __init__(

@@ -27,10 +27,10 @@ class StopSignals:
     default action instead of unregistering.
 
     The Python-level handler takes no lock: a second signal can run a handler in
-    the middle of the first (``PR_SET_PDEATHSIG`` sends one per thread of a dying
-    parent, Ctrl-C can come twice), and a handler that blocked on the event's lock
-    held by the handler it interrupted would hang the process for good. It only
-    sets a flag; the event is set by a thread of its own that reads the signal
+    the middle of the first (two signals in a row: Ctrl-C pressed twice, a
+    SIGTERM sent again, one ``PR_SET_PDEATHSIG`` signal per thread of a dying
+    parent), and a handler that blocked on the event's lock held by the handler it
+    interrupted would hang the process for good. It only sets a flag; the event is set by a thread of its own that reads the signal
     numbers Python writes to a wakeup socket (``signal.set_wakeup_fd``).
     """
 

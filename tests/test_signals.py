@@ -29,8 +29,8 @@ def test_stop_signals_set_the_event_and_restore_the_handlers(
 
 def test_a_stop_signal_inside_another_handler_does_not_hang() -> None:
     """A stop signal whose handler runs while the event's lock is held (as when a
-    second SIGTERM interrupts the handler of the first, inside Event.set: a dying
-    parent's PR_SET_PDEATHSIG comes once per thread) still stops the process.
+    second SIGTERM interrupts the handler of the first inside Event.set: two in a
+    row hung a node for good) still stops the process.
 
     Run in a child: a handler that blocked on that lock would hang it for good."""
     script = (
