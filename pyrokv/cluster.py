@@ -4,11 +4,15 @@ Used by the tests, and by ``pyrokv up`` and ``pyrokv demo``. Every child runs wi
 this interpreter, unbuffered, binds port 0 unless told otherwise, and reports its
 real address on stdout (``READY ...``); every wait has a deadline and says what the
 child printed when it fails; :meth:`Child.stop` always leaves no process behind.
+``pyrokv up`` also copies each child's output to a log file (``log=``), and has each
+child die with it (``die_with_parent=True``, Linux's ``PR_SET_PDEATHSIG``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import os
 import queue
 import secrets
@@ -18,8 +22,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Mapping, Sequence
-from typing import TextIO
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TextIO
 
 from .errors import ChildError
 from .naming import parse_address
@@ -28,12 +32,55 @@ __all__ = [
     "Child",
     "ChildError",
     "LocalCluster",
+    "describe_exit",
     "spawn_nameserver",
     "spawn_node",
     "write_secret",
 ]
 
 START_TIMEOUT = 20.0
+
+#: Linux's prctl(2) option that has the kernel signal a process when its parent dies.
+PR_SET_PDEATHSIG = 1
+#: The signal a child of ``pyrokv up`` gets when ``up`` dies, however it died.
+#: SIGKILL, not SIGTERM: the child is gone at once however loaded the machine is
+#: (a graceful stop takes a Python process tenths of a second, seconds under load),
+#: and a dying parent sends it once per thread, which a handler must survive.
+PARENT_DEATH_SIGNAL = signal.SIGKILL
+
+
+def describe_exit(returncode: int) -> str:
+    """How a child ended, in words: ``signal SIGKILL`` or ``exit code 1``."""
+    if returncode < 0:
+        try:
+            return f"signal {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"signal {-returncode}"
+    return f"exit code {returncode}"
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """What a child runs between fork and exec so that it dies with this process.
+
+    Linux only (``prctl(PR_SET_PDEATHSIG)``, which exec keeps); None elsewhere. The
+    kernel sends the signal when the *thread* that forked the child ends, so fork
+    from a thread that lives as long as the process (``pyrokv up`` forks from its
+    main thread only). If this process died before the child set it, the child's
+    parent is already another process: the child kills itself.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    prctl = libc.prctl
+    parent = os.getpid()
+    death_signal = int(PARENT_DEATH_SIGNAL)
+
+    def preexec() -> None:  # in the child, after fork: keep it trivial
+        prctl(PR_SET_PDEATHSIG, death_signal, 0, 0, 0)
+        if os.getppid() != parent:
+            os.kill(os.getpid(), death_signal)
+
+    return preexec
 
 
 class Child:
@@ -43,6 +90,10 @@ class Child:
     either (``["ip", "netns", "exec", NS]`` runs it in a network namespace).
     Children get this environment without ``PYROKV_*`` (they take their settings from
     flags and the config file they are given only), plus ``env``. With ``stdin=True`` :meth:`send` writes lines to the child's input.
+    With ``log``, every line the child prints (stdout and stderr) is also appended
+    to that file, after a line saying when and as which pid it started. With
+    ``die_with_parent``, the child gets SIGKILL when this process dies, however it
+    died (Linux; see :func:`_die_with_parent`).
     """
 
     def __init__(
@@ -55,21 +106,48 @@ class Child:
         cwd: str | None = None,
         env: Mapping[str, str] | None = None,
         stdin: bool = False,
+        log: str | None = None,
+        die_with_parent: bool = False,
     ) -> None:
         self.name = name
+        self._again: dict[str, Any] = {
+            "args": list(args),
+            "name": name,
+            "pyrokv": pyrokv,
+            "prefix": list(prefix),
+            "cwd": cwd,
+            "env": None if env is None else dict(env),
+            "stdin": stdin,
+            "log": log,
+            "die_with_parent": die_with_parent,
+        }
         command = [sys.executable, "-u", "-m", "pyrokv", *args] if pyrokv else [*args]
         self.args = [*prefix, *command]
         environ = {k: v for k, v in os.environ.items() if not k.startswith("PYROKV_")}
-        self.proc = subprocess.Popen(
-            self.args,
-            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env={**environ, **(env or {})},
-            cwd=cwd,
-            start_new_session=True,  # Ctrl-C in a terminal reaches only the parent
-        )
+        self.log = log
+        self._log_lock = threading.Lock()
+        self._log: TextIO | None = None
+        if log is not None:  # opened first: a log that cannot be opened starts nothing
+            self._log = open(log, "a", encoding="utf-8", errors="replace")  # noqa: SIM115
+        try:
+            self.proc = subprocess.Popen(
+                self.args,
+                stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                env={**environ, **(env or {})},
+                cwd=cwd,
+                start_new_session=True,  # Ctrl-C in a terminal reaches only the parent
+                preexec_fn=_die_with_parent() if die_with_parent else None,
+            )
+        except BaseException:
+            if self._log is not None:
+                self._log.close()
+            raise
+        if log is not None:
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
+            self.note(f"{stamp} started {name}, pid {self.proc.pid}")
         self.lines: list[str] = []
         self._queue: queue.Queue[str | None] = queue.Queue()
         self._echo: TextIO | None = None
@@ -86,6 +164,10 @@ class Child:
                 if self._echo is not None:
                     _echo(self._echo, line)
             self._queue.put(line)
+            if self._log is not None:
+                with self._log_lock:
+                    self._log.write(line + "\n")
+                    self._log.flush()
         self._queue.put(None)
 
     def relay(self, stream: TextIO) -> None:
@@ -96,6 +178,25 @@ class Child:
             self._echo = stream
             for line in self.lines:
                 _echo(stream, line)
+
+    def note(self, text: str) -> None:
+        """Append ``=== TEXT ===`` to the child's log file (a no-op without one)."""
+        with self._log_lock:
+            if self._log is not None and not self._log.closed:
+                self._log.write(f"=== {text} ===\n")
+                self._log.flush()
+
+    def again(self) -> Child:
+        """A new process started as this one was: same command, options and log
+        (and relayed to the same stream)."""
+        child = Child(**self._again)
+        if self._echo is not None:
+            child.relay(self._echo)
+        return child
+
+    def printed(self, prefix: str) -> str | None:
+        """The first output line so far that starts with ``prefix``, or None; no wait."""
+        return next((line for line in self.lines if line.startswith(prefix)), None)
 
     def wait_for(self, prefix: str, timeout: float = START_TIMEOUT) -> str:
         """Wait for an output line starting with ``prefix``; return it."""
@@ -177,6 +278,10 @@ class Child:
             if pipe is not None:
                 with contextlib.suppress(OSError):  # stdin: the child is gone
                     pipe.close()
+        if self._log is not None and not self._reader.is_alive():
+            self.note(f"{self.name} ended: {describe_exit(self.proc.returncode)}")
+            with self._log_lock:
+                self._log.close()
 
 
 #: The first words of the lines a child prints for its parent, not for a person.
@@ -197,17 +302,22 @@ def spawn_nameserver(
     extra: Sequence[str] = (),
     *,
     config: str = os.devnull,
+    log: str | None = None,
+    die_with_parent: bool = False,
 ) -> tuple[Child, tuple[str, int]]:
     """Start ``pyrokv nameserver``; return it and its real (host, port).
 
     It reads ``config``; ``host`` or ``port`` None leaves that one to the config.
+    ``log`` and ``die_with_parent`` are :class:`Child`'s.
     """
     args = ["nameserver", "--config", config]
     if host is not None:
         args += ["--host", host]
     if port is not None:
         args += ["--port", str(port)]
-    child = Child([*args, *extra], "name server")
+    child = Child(
+        [*args, *extra], "name server", log=log, die_with_parent=die_with_parent
+    )
     try:
         line = child.wait_for("READY ", timeout)
     except BaseException:
@@ -224,17 +334,22 @@ def spawn_node(
     extra: Sequence[str] = (),
     config: str = os.devnull,
     timeout: float = START_TIMEOUT,
+    log: str | None = None,
+    die_with_parent: bool = False,
 ) -> Child:
     """Start ``pyrokv node NAME`` and wait until it has registered.
 
     It reads ``config``; ``ns`` None leaves the name server to the config.
+    ``log`` and ``die_with_parent`` are :class:`Child`'s.
     """
     args = ["node", name, "--config", config]
     if ns is not None:
         args += ["--ns", f"{ns[0]}:{ns[1]}"]
     if table is not None:
         args += ["--table", table]
-    child = Child([*args, *extra], f"node {name}")
+    child = Child(
+        [*args, *extra], f"node {name}", log=log, die_with_parent=die_with_parent
+    )
     try:
         child.wait_for(f"READY {name} ", timeout)
     except BaseException:

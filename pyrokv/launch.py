@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -16,6 +17,7 @@ from .errors import ChildError, ConfigError, NothingToStartError, PyroKVError
 from .flags import UP_CHILD
 from .naming import parse_address
 from .signals import StopSignals
+from .supervisor import POLL, Supervisor, last_error
 from .table import RoutingTable
 from .testing import Conn
 
@@ -44,63 +46,78 @@ def _child_failure(child: Child | None) -> str:
     """The child's own error line, if it printed one, else everything it printed."""
     if child is None:
         return "(no output)"
-    for line in reversed(child.lines):
-        if line.startswith("pyrokv: "):
-            return line.split(": ", 2)[-1]  # drop "pyrokv: ClassName: "
-    return child.output()
+    return last_error(child) or child.output()
 
 
 #: The config file ``pyrokv up`` writes for its children, in its private directory.
 CHILD_CONFIG = "cluster.conf"
 #: The cluster secret ``pyrokv up`` makes when the config names none, beside it.
 CLUSTER_SECRET = "cluster.secret"
+#: The start of the name of the directory, in the system's temporary directory,
+#: where one run of ``pyrokv up`` keeps each child's output.
+LOG_DIR_PREFIX = "pyrokv-up-logs-"
+#: The name server's log file in that directory; a node's is ``node-NAME.log``.
+NAMESERVER_LOG = "nameserver.log"
 
 
-def run_up(settings: Settings, out: TextIO = sys.stdout) -> int:
-    """Start the name server and every configured node; stop them all on a signal.
+def node_log(name: str) -> str:
+    """The file name of node ``name``'s output in ``up``'s log directory."""
+    return f"node-{name}.log"
+
+
+def run_up(
+    settings: Settings, out: TextIO = sys.stdout, err: TextIO = sys.stderr
+) -> int:
+    """Start the name server and every configured node; supervise them until a
+    signal stops them all.
 
     The children take their settings from a config file that ``up`` writes for them
-    (:func:`_start`), in a private directory removed when ``up`` exits.
+    (:func:`_start`), in a private directory removed when ``up`` exits. Each child's
+    output goes to a file in a log directory of this run, which is removed after a
+    stop by signal if no child ever exited, and kept (``up`` says where) otherwise.
+    A child that exits is restarted by :class:`~pyrokv.supervisor.Supervisor`;
+    one that keeps failing stops the cluster (:class:`ChildError`, exit 1).
     """
     if not settings.nodes:
         raise NothingToStartError(
             f"no [node NAME] sections in {settings.source}: nothing to start"
         )
-    children: list[Child] = []
-    with (
-        StopSignals() as signals,
-        tempfile.TemporaryDirectory(prefix="pyrokv-up-") as private,
-    ):
-        try:
-            ns, rows = _start(settings, os.path.join(private, CHILD_CONFIG), children)
-            _print_up(out, settings, ns, rows)
-            while not signals.wait(0.5):
-                for child in children:
-                    if not child.alive():
-                        log.error(
-                            "%s (pid %d) stopped unexpectedly, with exit code %s",
-                            child.name,
-                            child.proc.pid,
-                            child.proc.returncode,
-                        )
-                        raise ChildError(
-                            f"{child.name} stopped unexpectedly: "
-                            f"{_child_failure(child)}; stopping the cluster"
-                        )
-            print("stopping the cluster ...", file=out, flush=True)
-            log.info("stopping the cluster")
-            return 0
-        finally:
-            for child in reversed(children):
-                child.stop()
-            if children:
+    logs = tempfile.mkdtemp(prefix=LOG_DIR_PREFIX)
+    supervisor = Supervisor(err)
+    keep = True
+    try:
+        with (
+            StopSignals() as signals,
+            tempfile.TemporaryDirectory(prefix="pyrokv-up-") as private,
+        ):
+            try:
+                config = os.path.join(private, CHILD_CONFIG)
+                ns, rows = _start(settings, config, supervisor, logs)
+                _print_up(out, settings, ns, rows, logs)
+                while not signals.wait(POLL):
+                    supervisor.check()
+                print("stopping the cluster ...", file=out, flush=True)
+                log.info("stopping the cluster")
+                keep = supervisor.exits > 0
+                return 0
+            finally:
+                supervisor.stop()
                 log.info("stopped every process of the cluster")
+    finally:
+        if keep:
+            print(
+                f"pyrokv up: the output of each process it started is kept in {logs}",
+                file=err,
+                flush=True,
+            )
+        else:
+            shutil.rmtree(logs, ignore_errors=True)
 
 
 def _start(
-    settings: Settings, config: str, children: list[Child]
+    settings: Settings, config: str, supervisor: Supervisor, logs: str
 ) -> tuple[tuple[str, int], list[tuple[str, RoutingTable, str | None, Child]]]:
-    """Start the name server, then each node, appending each to ``children``.
+    """Start the name server, then each node, each supervised once it is ready.
 
     ``config`` gets the settings as resolved here (file, environment, flags; file
     names made absolute; mode 0600) and the name server starts as ``pyrokv
@@ -108,7 +125,9 @@ def _start(
     real address, and each node starts as ``pyrokv node NAME --config CONFIG
     --up-child``: the whole [node NAME] section, listen included, and nothing
     rebuilt as flags. With ``--up-child`` both also name keys of the config file in
-    their hints, not flags that ``up`` lacks.
+    their hints, not flags that ``up`` lacks. A child restarted later runs the same
+    command, so it reads the same file: its settings (a node's data dir among them)
+    and the name server's first address.
     """
     if settings.get("cluster", "secret_file") is None:
         # A secret per cluster, beside the config: its nodes open peer links to
@@ -118,10 +137,17 @@ def _start(
         settings = settings.set("cluster", "secret_file", secret, "pyrokv up")
     save_settings(settings, config)
     try:
-        ns_child, ns = spawn_nameserver(None, None, config=config, extra=[UP_CHILD])
+        ns_child, ns = spawn_nameserver(
+            None,
+            None,
+            config=config,
+            extra=[UP_CHILD],
+            log=os.path.join(logs, NAMESERVER_LOG),
+            die_with_parent=True,
+        )
     except ChildError as exc:
         raise _did_not_start("the name server", exc.child) from None
-    children.append(ns_child)
+    supervisor.add("the name server", ns_child, "READY ")
     ns_child.relay(sys.stderr)  # its log lines, among up's own
     log.info("started the name server at %s:%d (pid %d)", *ns, ns_child.proc.pid)
     started = "the name server pyrokv up started"
@@ -130,10 +156,17 @@ def _start(
     rows = []
     for node in settings.nodes:
         try:
-            child = spawn_node(node.name, None, config=config, extra=[UP_CHILD])
+            child = spawn_node(
+                node.name,
+                None,
+                config=config,
+                extra=[UP_CHILD],
+                log=os.path.join(logs, node_log(node.name)),
+                die_with_parent=True,
+            )
         except ChildError as exc:
             raise _did_not_start(f"node {node.name!r}", exc.child) from None
-        children.append(child)
+        supervisor.add(f"node {node.name}", child, f"READY {node.name} ")
         child.relay(sys.stderr)
         log.info("started node %r (pid %d)", node.name, child.proc.pid)
         table = settings.table if node.table is None else node.table
@@ -146,6 +179,7 @@ def _print_up(
     settings: Settings,
     ns: tuple[str, int],
     rows: list[tuple[str, RoutingTable, str | None, Child]],
+    logs: str,
 ) -> None:
     print(f"pyrokv cluster is up (settings: {settings.source})", file=out)
     print(f"  name server   {ns[0]}:{ns[1]}", file=out)
@@ -160,6 +194,14 @@ def _print_up(
             "",
         )
         print(f"  node {name:<8} {text}; table {table}{metrics}", file=out)
+    print(
+        "\nEach process's output goes to a file (kept if a process exits); "
+        "one that exits is restarted:",
+        file=out,
+    )
+    print(f"  name server   {os.path.join(logs, NAMESERVER_LOG)}", file=out)
+    for name, _table, _listen, _child in rows:
+        print(f"  node {name:<8} {os.path.join(logs, node_log(name))}", file=out)
     print("\nTalk to it:", file=out)
     first = next((listen for _, _, listen, _ in rows if listen), None)
     if first:

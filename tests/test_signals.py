@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 
 import pytest
 
@@ -23,6 +25,28 @@ def test_stop_signals_set_the_event_and_restore_the_handlers(
         assert signals.wait(0)
         assert signals.wait()
     assert signal.getsignal(sig) == before
+
+
+def test_a_stop_signal_inside_another_handler_does_not_hang() -> None:
+    """A stop signal whose handler runs while the event's lock is held (as when a
+    second SIGTERM interrupts the handler of the first inside Event.set: two in a
+    row hung a node for good) still stops the process.
+
+    Run in a child: a handler that blocked on that lock would hang it for good."""
+    script = (
+        "import signal\n"
+        "from pyrokv.signals import StopSignals\n"
+        "with StopSignals() as signals:\n"
+        "    with signals.stop._cond:  # what Event.set holds while it runs\n"
+        "        signal.raise_signal(signal.SIGTERM)\n"
+        "    assert signals.wait(5)\n"
+        "    assert signals.stop.wait(5)\n"
+        "print('stopped')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=15
+    )
+    assert (done.returncode, done.stdout) == (0, "stopped\n"), done.stderr
 
 
 def test_node_module_keeps_its_names() -> None:
