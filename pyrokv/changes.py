@@ -261,9 +261,13 @@ class Cluster:
             except Exception as exc:
                 errors[node] = f"{type(exc).__name__}: {exc}"
 
-        with ThreadPoolExecutor(len(participants)) as pool:
-            list(pool.map(apply, participants))
-        states = self._wait(uris, participants, target, deadline, errors)
+        try:
+            with ThreadPoolExecutor(len(participants)) as pool:
+                list(pool.map(apply, participants))
+            states = self._wait(uris, participants, target, deadline, errors)
+        except BaseException:  # stopped half-way: free it to be finished or undone
+            self._give_up(uris, participants, token)
+            raise
         moved = self._moved(runs, states, table)
         self._publish(uris, participants, target, new_spec)
         return {
@@ -272,6 +276,21 @@ class Cluster:
             "moved": moved,
             "lost": lost,
         }
+
+    def _give_up(
+        self, uris: dict[str, Any], participants: list[str], token: str
+    ) -> None:
+        """Tell every node of a change that did not complete that no one drives it
+        any more (the nodes that do not answer let its lease run out)."""
+
+        def release(node: str) -> None:
+            try:
+                _call(uris[node], node, min(self.timeout, 2.0), "table_release", token)
+            except Exception:
+                pass
+
+        with ThreadPoolExecutor(len(participants)) as pool:
+            list(pool.map(release, participants))
 
     def _unfinished(
         self,
@@ -289,6 +308,18 @@ class Cluster:
             for s in alive.values()
             if s["pending"] and s["pending"]["expires_in"] > 0
         ]
+        at_top = [s for s in alive.values() if s["version"] == version]
+        tokens = {s["change"]["token"] for s in at_top}
+        if (
+            len(tokens) == 1
+            and "" not in tokens
+            and all(s["change"]["expires_in"] > 0 for s in at_top)
+        ):  # applied, handing off, its coordinator still at work
+            raise TableVersionError(
+                f"another change is running: to version {version} ({current}), "
+                "handing off its buckets. Nothing of this change was applied: look "
+                "with 'pyrokv table show', then run it again"
+            )
         if running:
             p = running[0]
             raise TableVersionError(
