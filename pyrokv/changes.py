@@ -264,7 +264,7 @@ class Cluster:
         try:
             with ThreadPoolExecutor(len(participants)) as pool:
                 list(pool.map(apply, participants))
-            states = self._wait(uris, participants, target, deadline, errors)
+            states = self._wait(uris, participants, target, deadline, errors, runs)
         except BaseException:  # stopped half-way: free it to be finished or undone
             self._give_up(uris, participants, token)
             raise
@@ -285,7 +285,7 @@ class Cluster:
 
         def release(node: str) -> None:
             try:
-                _call(uris[node], node, min(self.timeout, 2.0), "table_release", token)
+                _call(uris[node], node, min(self.timeout, 0.5), "table_release", token)
             except Exception:
                 pass
 
@@ -368,6 +368,7 @@ class Cluster:
         version: int,
         deadline: float,
         errors: dict[str, str],
+        runs: list[tuple[int, int, str | None, str | None]],
     ) -> dict[str, dict[str, Any]]:
         """Poll every node until all are at ``version`` and complete."""
         states: dict[str, dict[str, Any]] = {}
@@ -378,7 +379,7 @@ class Cluster:
                 return states
             if left <= 0:
                 raise TableChangeError(
-                    self._incomplete(states, participants, version, errors)
+                    self._incomplete(states, participants, version, errors, runs)
                 )
             for node in pending:
                 try:
@@ -400,6 +401,7 @@ class Cluster:
         participants: list[str],
         version: int,
         errors: dict[str, str],
+        runs: list[tuple[int, int, str | None, str | None]],
     ) -> str:
         lines = [f"the change to table version {version} did not complete in time:"]
         for node in participants:
@@ -427,6 +429,26 @@ class Cluster:
         done = [n for n in participants if _done(states.get(n), version)]
         if done:
             lines.append(f"  complete on: {', '.join(done)}")
+        hashed = any(s["table"].startswith("hash:") for s in states.values())
+        moved: list[str] = []
+        stuck: list[str] = []
+        for first, last, before, after in runs:
+            if before is None or after is None:
+                continue
+            sender, receiver = states.get(before), states.get(after)
+            arrived = (
+                sender is not None
+                and sender["version"] == version
+                and after not in sender["outbox"]
+                and receiver is not None
+                and receiver["version"] == version
+                and before not in receiver["waiting"]
+            )
+            shown = f"{_range(first, last, hashed)} ({before} -> {after})"
+            (moved if arrived else stuck).append(shown)
+        if runs:
+            lines.append(f"  ranges moved: {', '.join(moved) or 'none'}")
+            lines.append(f"  ranges not moved: {', '.join(stuck) or 'none'}")
         lines.append(
             "Run the same 'pyrokv table set' again to finish the change once the nodes "
             "answer, or set the previous table to undo it; any other change is "
