@@ -261,9 +261,13 @@ class Cluster:
             except Exception as exc:
                 errors[node] = f"{type(exc).__name__}: {exc}"
 
-        with ThreadPoolExecutor(len(participants)) as pool:
-            list(pool.map(apply, participants))
-        states = self._wait(uris, participants, target, deadline, errors)
+        try:
+            with ThreadPoolExecutor(len(participants)) as pool:
+                list(pool.map(apply, participants))
+            states = self._wait(uris, participants, target, deadline, errors, runs)
+        except BaseException:  # stopped half-way: free it to be finished or undone
+            self._give_up(uris, participants, token)
+            raise
         moved = self._moved(runs, states, table)
         self._publish(uris, participants, target, new_spec)
         return {
@@ -272,6 +276,21 @@ class Cluster:
             "moved": moved,
             "lost": lost,
         }
+
+    def _give_up(
+        self, uris: dict[str, Any], participants: list[str], token: str
+    ) -> None:
+        """Tell every node of a change that did not complete that no one drives it
+        any more (the nodes that do not answer let its lease run out)."""
+
+        def release(node: str) -> None:
+            try:
+                _call(uris[node], node, min(self.timeout, 0.5), "table_release", token)
+            except Exception:
+                pass
+
+        with ThreadPoolExecutor(len(participants)) as pool:
+            list(pool.map(release, participants))
 
     def _unfinished(
         self,
@@ -289,6 +308,18 @@ class Cluster:
             for s in alive.values()
             if s["pending"] and s["pending"]["expires_in"] > 0
         ]
+        at_top = [s for s in alive.values() if s["version"] == version]
+        tokens = {s["change"]["token"] for s in at_top}
+        if (
+            len(tokens) == 1
+            and "" not in tokens
+            and all(s["change"]["expires_in"] > 0 for s in at_top)
+        ):  # applied, handing off, its coordinator still at work
+            raise TableVersionError(
+                f"another change is running: to version {version} ({current}), "
+                "handing off its buckets. Nothing of this change was applied: look "
+                "with 'pyrokv table show', then run it again"
+            )
         if running:
             p = running[0]
             raise TableVersionError(
@@ -337,6 +368,7 @@ class Cluster:
         version: int,
         deadline: float,
         errors: dict[str, str],
+        runs: list[tuple[int, int, str | None, str | None]],
     ) -> dict[str, dict[str, Any]]:
         """Poll every node until all are at ``version`` and complete."""
         states: dict[str, dict[str, Any]] = {}
@@ -347,7 +379,7 @@ class Cluster:
                 return states
             if left <= 0:
                 raise TableChangeError(
-                    self._incomplete(states, participants, version, errors)
+                    self._incomplete(states, participants, version, errors, runs)
                 )
             for node in pending:
                 try:
@@ -369,6 +401,7 @@ class Cluster:
         participants: list[str],
         version: int,
         errors: dict[str, str],
+        runs: list[tuple[int, int, str | None, str | None]],
     ) -> str:
         lines = [f"the change to table version {version} did not complete in time:"]
         for node in participants:
@@ -396,6 +429,26 @@ class Cluster:
         done = [n for n in participants if _done(states.get(n), version)]
         if done:
             lines.append(f"  complete on: {', '.join(done)}")
+        hashed = any(s["table"].startswith("hash:") for s in states.values())
+        moved: list[str] = []
+        stuck: list[str] = []
+        for first, last, before, after in runs:
+            if before is None or after is None:
+                continue
+            sender, receiver = states.get(before), states.get(after)
+            arrived = (
+                sender is not None
+                and sender["version"] == version
+                and after not in sender["outbox"]
+                and receiver is not None
+                and receiver["version"] == version
+                and before not in receiver["waiting"]
+            )
+            shown = f"{_range(first, last, hashed)} ({before} -> {after})"
+            (moved if arrived else stuck).append(shown)
+        if runs:
+            lines.append(f"  ranges moved: {', '.join(moved) or 'none'}")
+            lines.append(f"  ranges not moved: {', '.join(stuck) or 'none'}")
         lines.append(
             "Run the same 'pyrokv table set' again to finish the change once the nodes "
             "answer, or set the previous table to undo it; any other change is "

@@ -79,6 +79,10 @@ class _State:
     #: per slot: buckets and keys this node handed away at this version
     sent: dict[int, _Counts] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)  # owner -> why not shipped
+    #: the change that made this version, and until when its coordinator drives
+    #: it (0 once it gave up): an incomplete change past that stopped half-way
+    token: str = ""
+    expires: float = 0.0
 
 
 def _owner(table: RoutingTable, bucket: str) -> str | None:
@@ -203,6 +207,10 @@ class Live:
                 "expires_in": round(pending.expires - time.monotonic(), 3),
             },
             "complete": pending is None and not state.waiting and not outbox,
+            "change": {
+                "token": state.token,
+                "expires_in": round(state.expires - time.monotonic(), 3),
+            },
         }
 
     # -- a change, step by step ----------------------------------------------------
@@ -243,6 +251,7 @@ class Live:
             # switched already: the change is run again to finish it, maybe
             # without nodes that are gone (--drop-dead)
             self.pending = None
+            self.state.token, self.state.expires = token, now + lease
             self._retain(participants)
             return self._describe()
         if current >= version:
@@ -281,12 +290,16 @@ class Live:
             self._ship_soon()
 
     def release(self, token: str) -> None:
-        """Forget a prepared change of ``token`` that was not applied."""
+        """Forget a prepared change of ``token`` that was not applied; of one that was
+        applied and is not complete, note that its coordinator gave up on it (it
+        stopped half-way: it may be finished or undone now)."""
         self._serial(self._release, str(token))
 
     def _release(self, token: str) -> None:
         if self.pending is not None and self.pending.token == token:
             self.pending = None
+        if self.state.token == token:  # its coordinator gave up: stopped half-way
+            self.state.expires = 0.0
 
     def apply(self, version: int, token: str) -> dict[str, Any]:
         """Step 2: switch to the prepared table of ``version``, then hand off."""
@@ -384,6 +397,8 @@ class Live:
             waiting=others if routing.held else set(),
             outbox=outbox,
             sent=sent,
+            token=pending.token,
+            expires=pending.expires,
         )
         self.pending = None
         log.info(

@@ -310,7 +310,8 @@ class TaskRunner:
 
     @_exposed
     def table_release(self, token: str) -> None:
-        """Forget the prepared change of ``token`` (a change that stopped early)."""
+        """Forget the prepared change of ``token``, or note that its coordinator
+        gave up on it once applied (a change that stopped early)."""
         self._live().release(_text_arg(token, "token"))
 
     @_exposed
