@@ -54,7 +54,7 @@ class Registry:
             return sorted(found, key=repr)
 
     def extract(self, names: list[str]) -> dict[str, dict[Any, Any]]:
-        """Remove the buckets ``names`` (those that exist) and return them: a hand-off.
+        r"""Remove the buckets ``names`` (those that exist) and return them: a hand-off.
 
         Used when a bucket's owner changes (docs/routing.md): the old owner extracts
         it, the new owner :meth:`install`\ s it.

@@ -14,13 +14,15 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import functools
 import hmac
 import logging
 import socket
 import ssl as ssl_module
 import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from . import peering, protocol
 from .defaults import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_MESSAGE
@@ -33,6 +35,9 @@ from .router import Router
 from .routing import HERE, Decision, Hop
 from .stats import Stats
 from .transport import Forward, PyroLanes, Transport, reset
+
+if TYPE_CHECKING:
+    from .durable import Reply
 
 __all__ = [
     "DEFAULT_IDLE_TIMEOUT",
@@ -253,6 +258,9 @@ class _Connection(asyncio.Protocol):
                     counts = handler[3]  # this verb's [ok, error]: see stats.py
                     try:
                         reply = handler[1](words)
+                        if reply.__class__ is not bytes:  # a write waits for the disk
+                            self._wait_for_disk(reply, handler[2])
+                            continue
                         counts[0] += 1
                         if not counts[0] & _SAMPLE:  # one in 64 goes to the histogram
                             server.stats.observe(
@@ -463,6 +471,10 @@ class _Connection(asyncio.Protocol):
                 name = handler[2].name.decode()
                 try:
                     reply = handler[1](inner)
+                    if reply.__class__ is not bytes:  # a write waits for the disk
+                        self._wait_for_disk(reply, handler[2])
+                        self.framed = True
+                        return
                 except Exception:
                     server.stats.peer_requests.error[name] += 1
                     raise
@@ -508,6 +520,28 @@ class _Connection(asyncio.Protocol):
                 reply = protocol.framed(reply)
                 self.framed = False
             out.append(reply)
+
+    def _wait_for_disk(self, start: Any, verb: Verb) -> None:
+        """A write that is answered once it is on disk (``fsync = always``): start
+        it; the connection waits, as for a routed request, while the loop serves
+        the others. Raises (and starts nothing) when the write is refused at once.
+        """
+        loop = self.server.loop
+        routed = self.routed
+
+        def reply(error: Exception | None, result: Any) -> None:  # the writer's thread
+            data = (
+                verb.reply_to(result) if error is None else protocol.error_reply(error)
+            )
+            try:
+                loop.call_soon_threadsafe(routed, data)
+            except RuntimeError:  # the server stopped meanwhile
+                pass
+
+        started: Callable[[Reply], None] = start  # what a deferred handler returns
+        started(reply)
+        self.hold |= _WAITING
+        self.sent = (verb.name.decode(), _monotonic())
 
     def routed(self, reply: bytes) -> None:
         """The reply of this connection's routed request (called on the loop)."""
@@ -562,6 +596,26 @@ class _Connection(asyncio.Protocol):
             self.transport.close()
 
 
+def _deferred(registry: Registry, verb: Verb) -> Handler | None:
+    """The handler of a write the registry answers once it is on disk (a
+    :class:`~pyrokv.durable.DurableRegistry` with ``fsync = always``), or None.
+
+    It returns, instead of the reply, a function that starts the write with a
+    :data:`~pyrokv.durable.Reply` (see :meth:`_Connection._wait_for_disk`).
+    """
+    deferred = getattr(registry, "deferred", None)
+    start = None if deferred is None else deferred(verb.method)
+    if start is None:
+        return None
+
+    def handler(w: list[bytes]) -> Any:
+        return functools.partial(
+            start, *(x.decode("utf-8", "surrogateescape") for x in w[1:])
+        )
+
+    return handler
+
+
 def _too_long(line: bytes, limit: int) -> bool:
     """Whether ``line`` (split at ``\\n``) passes ``limit`` without its ``\\r``."""
     size = len(line)
@@ -604,7 +658,12 @@ class TextServer:
         #: word -> (words in its line, handler, verb, its [ok, error] counts): a
         #: tuple, read once per request on the hot path
         self.handlers: dict[bytes, tuple[int, Handler, Verb, list[int]]] = {
-            word: (words, handler, verb, self.stats.cell(verb.name.decode()))
+            word: (
+                words,
+                _deferred(registry, verb) or handler,
+                verb,
+                self.stats.cell(verb.name.decode()),
+            )
             for word, (words, handler, verb) in protocol.handlers(registry).items()
         }
         self.secret = secret
