@@ -526,17 +526,14 @@ class _Connection(asyncio.Protocol):
         it; the connection waits, as for a routed request, while the loop serves
         the others. Raises (and starts nothing) when the write is refused at once.
         """
-        loop = self.server.loop
+        deliver = self.server.from_disk
         routed = self.routed
 
         def reply(error: Exception | None, result: Any) -> None:  # the writer's thread
             data = (
                 verb.reply_to(result) if error is None else protocol.error_reply(error)
             )
-            try:
-                loop.call_soon_threadsafe(routed, data)
-            except RuntimeError:  # the server stopped meanwhile
-                pass
+            deliver(routed, data)
 
         started: Callable[[Reply], None] = start  # what a deferred handler returns
         started(reply)
@@ -677,6 +674,11 @@ class TextServer:
         #: Reserve connections that have not proved they are nodes, oldest first.
         self.reserved: dict[_Connection, None] = {}
         self.loop = asyncio.new_event_loop()
+        #: Replies of writes that waited for the disk, for the loop to hand out.
+        self._disk_replies: collections.deque[tuple[Callable[[bytes], None], bytes]] = (
+            collections.deque()
+        )
+        self._disk_scheduled = False
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=ROUTE_WORKERS, thread_name_prefix="pyrokv-route"
         )
@@ -716,6 +718,24 @@ class TextServer:
             target=self.loop.run_forever, name="pyrokv-text", daemon=True
         )
         self._thread.start()
+
+    def from_disk(self, routed: Callable[[bytes], None], reply: bytes) -> None:
+        """Hand ``reply`` to a connection's ``routed`` on the loop (from the store's
+        writer thread): the replies of one commit go in one wake-up of the loop."""
+        self._disk_replies.append((routed, reply))
+        if not self._disk_scheduled:
+            self._disk_scheduled = True
+            try:
+                self.loop.call_soon_threadsafe(self._deliver_disk_replies)
+            except RuntimeError:  # the server stopped meanwhile
+                pass
+
+    def _deliver_disk_replies(self) -> None:
+        self._disk_scheduled = False  # first: a reply added from now on schedules
+        replies = self._disk_replies
+        while replies:
+            routed, reply = replies.popleft()
+            routed(reply)
 
     def run_task(self, name: str) -> Any:
         """Run task ``name`` (no arguments) on this node (PING, INFO)."""

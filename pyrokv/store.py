@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import logging
 import os
 import sqlite3
@@ -69,6 +70,15 @@ LOCK_FILE = "pyrokv.lock"
 #: How often ``fsync = everysec`` syncs the WAL (``always`` syncs every commit,
 #: ``no`` leaves it to the OS).
 SYNC_INTERVAL = 1.0
+#: With fsync everysec and no, a commit is followed by a pause of this many seconds
+#: (less the commit's own time) unless BATCH_WRITES writes queue up meanwhile: no
+#: writer waits for these commits, and fewer, larger ones cost less. A process
+#: crash loses what was acknowledged in the last pause and commit.
+BATCH_INTERVAL = 0.02
+BATCH_WRITES = 2000
+#: Longest the writer waits for a group to gather (fsync always; see Store._gather).
+GATHER_MAX = 0.005
+_NEVER = 1 << 62
 #: How long a failed commit waits before it is tried again (everysec and no).
 RETRY_INTERVAL = 0.5
 
@@ -82,8 +92,6 @@ _SCHEMA = (
     "CREATE TABLE kv (bucket, key, value, PRIMARY KEY (bucket, key)) WITHOUT ROWID",
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID",
 )
-_UPSERT = "INSERT OR REPLACE INTO kv (bucket, key, value) VALUES (?, ?, ?)"
-_REMOVE = "DELETE FROM kv WHERE bucket = ? AND key = ?"
 
 _INT_MIN, _INT_MAX = -(1 << 63), (1 << 63) - 1
 
@@ -171,6 +179,10 @@ class Store:
         self._pending: list[tuple[Any, ...]] = []
         self._waiters: list[Done] = []
         self._idle = True
+        #: While the writer gathers the next group (fsync always): wake it once
+        #: this many writes are queued.
+        self._want = _NEVER
+        self._sync_next = False  # a write in the queue asks for a sync (meta_set)
         self._closing = False
         self._wake = threading.Event()
         self._closed = threading.Event()  # set by close(): ends a retry's wait
@@ -336,17 +348,22 @@ class Store:
         with self.mutex:
             self.append(op, done)
 
-    def append(self, op: tuple[Any, ...], done: Done | None = None) -> None:
+    def append(
+        self, op: tuple[Any, ...], done: Done | None = None, sync: bool = False
+    ) -> None:
         """Queue one write; the caller holds :attr:`mutex`. ``done`` (if given) is
         called on the writer thread once the write's transaction committed (None)
         or failed (the :class:`DiskError`). The queue's order is the disk's.
+        With ``sync`` its transaction is synced in every fsync mode.
         """
         if self._closing:
             raise DiskError(f"disk: the store of {self.data_dir} is closed")
         self._pending.append(op)
         if done is not None:
             self._waiters.append(done)
-        if self._idle:
+        if sync:
+            self._sync_next = True
+        if self._idle or len(self._pending) >= self._want:
             self._idle = False
             self._wake.set()
 
@@ -367,7 +384,8 @@ class Store:
             result.append(error)
             finished.set()
 
-        self.submit((META, key, value), done)
+        with self.mutex:
+            self.append((META, key, value), done, sync=True)
         if not finished.wait(timeout):
             raise DiskError(f"disk: no commit within {timeout:g}s ({self.path})")
         if result[0] is not None:
@@ -429,6 +447,7 @@ class Store:
             with self.mutex:
                 ops, self._pending = self._pending, []
                 waiters, self._waiters = self._waiters, []
+                sync, self._sync_next = self._sync_next, False
                 closing = self._closing
                 if not ops and not retry:
                     self._idle = True
@@ -460,7 +479,7 @@ class Store:
                 now = time.monotonic()
                 synced = self.fsync == "always"
                 if not synced and (
-                    any(op[0] == META for op in ops)
+                    sync
                     or (self.fsync == "everysec" and now - last_sync >= SYNC_INTERVAL)
                 ):
                     self._sync()
@@ -470,6 +489,13 @@ class Store:
                 else:
                     unsynced = self.fsync == "everysec"
                 self._notify(waiters, None)
+                if closing:
+                    continue
+                if self.fsync == "always":
+                    if waiters:
+                        self._gather(len(waiters))
+                else:  # nobody waits: let a group grow, fewer commits cost less
+                    self._hold(BATCH_INTERVAL - self.last_commit_seconds, BATCH_WRITES)
                 continue
             if self.fsync == "always":
                 self._notify(waiters, error)  # not applied, not acknowledged
@@ -495,6 +521,32 @@ class Store:
                 )
                 break
             self._closed.wait(RETRY_INTERVAL)
+
+    def _gather(self, returning: int) -> None:
+        """Wait, at most as long as the last commit took, for the writers just
+        answered to send their next write, so that it joins the next group.
+
+        With fsync always each writer waits for its commit. Started at once, the
+        next commit would take only the writes that queued during this one, and
+        the writers just answered would wait for the whole of it: the writers
+        would split in two groups taking turns, each commit half full.
+        """
+        with self.mutex:
+            want = len(self._pending) + returning
+        self._hold(min(self.last_commit_seconds, GATHER_MAX), want)
+
+    def _hold(self, seconds: float, writes: int) -> None:
+        """Wait up to ``seconds`` for ``writes`` writes to be queued (or close())."""
+        if seconds <= 0:
+            return
+        with self.mutex:
+            if self._closing or len(self._pending) >= writes:
+                return
+            self._want = writes
+            self._wake.clear()
+        self._wake.wait(seconds)
+        with self.mutex:
+            self._want = _NEVER
 
     def _notify(self, waiters: list[Done], error: DiskError | None) -> None:
         for done in waiters:
@@ -560,10 +612,10 @@ def _apply(db: sqlite3.Connection, ops: Iterable[tuple[Any, ...]]) -> None:
             stored = encode(op[1])
             db.execute("DELETE FROM kv WHERE bucket = ?", (stored,))
             db.execute("INSERT OR IGNORE INTO buckets VALUES (?)", (stored,))
-            db.executemany(
-                _UPSERT,
-                [(stored, encode_key(k), encode(v)) for k, v in op[2].items()],
-            )
+            rows = [
+                x for k, v in op[2].items() for x in (stored, encode_key(k), encode(v))
+            ]
+            _many(db, _UPSERT_ROWS, rows, 3)
         elif kind == META:
             db.execute(
                 "INSERT OR REPLACE INTO meta VALUES (?, ?)", (op[1], encode(op[2]))
@@ -577,11 +629,51 @@ _GONE = object()
 
 
 def _flush(db: sqlite3.Connection, keys: dict[tuple[Any, Any], Any]) -> None:
-    puts = [(b, k, encode(v)) for (b, k), v in keys.items() if v is not _GONE]
+    puts = [
+        x for (b, k), v in keys.items() if v is not _GONE for x in (b, k, encode(v))
+    ]
     if puts:
-        db.executemany(_UPSERT, puts)
-    if len(puts) < len(keys):
-        db.executemany(_REMOVE, [bk for bk, v in keys.items() if v is _GONE])
+        _many(db, _UPSERT_ROWS, puts, 3)
+    if len(puts) < 3 * len(keys):
+        gone = [x for bk, v in keys.items() if v is _GONE for x in bk]
+        _many(db, _REMOVE_ROWS, gone, 2)
+
+
+def _many(
+    db: sqlite3.Connection, statement: Callable[[int], str], flat: list[Any], width: int
+) -> None:
+    """Run ``statement(n)`` (n rows of ``width`` parameters each) over ``flat``, the
+    rows' parameters in a row, :data:`_ROWS` rows a statement.
+
+    One statement of many rows, not ``executemany``: the sqlite3 module lets go of
+    the GIL for every step, and a thread that wants it back waits for the text
+    server's loop to let go of it (up to the switch interval, 5 ms) once a row.
+    """
+    chunk = _ROWS * width
+    for start in range(0, len(flat), chunk):
+        part = flat[start : start + chunk]
+        db.execute(statement(len(part) // width), part)
+
+
+#: Rows a statement writes at most: 3 * 300 parameters, far below SQLite's limit.
+_ROWS = 300
+
+
+@functools.lru_cache(maxsize=_ROWS + 1)
+def _UPSERT_ROWS(rows: int) -> str:  # noqa: N802
+    return "INSERT OR REPLACE INTO kv (bucket, key, value) VALUES " + ",".join(
+        ["(?, ?, ?)"] * rows
+    )
+
+
+@functools.lru_cache(maxsize=_ROWS + 1)
+def _REMOVE_ROWS(rows: int) -> str:  # noqa: N802
+    # (bucket, key) IN (VALUES ...) would scan the table; from a subquery, it is
+    # a search by primary key per row
+    return (
+        "DELETE FROM kv WHERE (bucket, key) IN (SELECT column1, column2 FROM "
+        "(VALUES " + ",".join(["(?, ?)"] * rows) + "))"
+    )
 
 
 def _lock(data_dir: str) -> int:
