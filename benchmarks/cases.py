@@ -488,6 +488,17 @@ def durable(suite: Suite, r: int) -> None:
                 ratio(always, bound),
                 Target(">=", 0.7),
             )
+            # Each connection waits for its round trip (8 / the in-memory rate)
+            # and for its commit, one after the other: no design does better.
+            serial = conns / (conns / mem + latency) if latency else mem
+            add(
+                "durable",
+                "always: 8 / (8 / in memory + commit latency)",
+                "ops/s",
+                r,
+                serial,
+            )
+            add("durable", "ratio always/that", "x", r, ratio(always, serial))
     got, base = suite.pair(
         r,
         partial(suite.text, at["dsec"], GET_LOCAL, 8),
