@@ -25,7 +25,6 @@ def test_shipped_config_is_valid_and_is_the_guide() -> None:
     assert settings.node("bar").listen == ("127.0.0.1", 4041)
 
 
-
 def test_shipped_config_keeps_foo_and_bar_in_one_ignored_folder() -> None:
     """foo and bar have data dirs under data/ beside the shipped config, and git
     ignores that folder."""

@@ -610,3 +610,30 @@ def test_up_ctrl_c_up_keeps_the_data_where_the_config_says(tmp_path: Path) -> No
     assert (conf_dir / "data" / "foo" / DB_FILE).is_file()
     assert (conf_dir / "data" / "bar" / DB_FILE).is_file()
     assert not (tmp_path / "data").exists()
+
+
+def test_a_node_keeps_its_meta_values_in_its_data_dir(
+    ns: tuple[str, int], unique: str, tmp_path: Path
+) -> None:
+    """NodeHandle.meta_set is on disk when it returns and meta_get reads it after a
+    restart; INFO shows the store's mode and counts. Without a data dir the values
+    live in memory."""
+    name = f"meta{unique}"
+    table = RoutingTable.parse(f"0..255={name}")
+    data = str(tmp_path / "data")
+    with start_node(name, table, ns, data_dir=data, fsync="no") as handle:
+        handle.meta_set("table_version", 7)
+        handle.meta_set("table", table.spec())
+        info = handle.runner.info()
+        assert (info["fsync"], info["data_dir"]) == ("no", data)
+        assert info["commits"] >= 1
+        assert info["writes_committed"] >= 2
+    with start_node(name, table, ns, data_dir=data) as handle:
+        assert handle.meta_get("table_version") == 7
+        assert handle.meta_get("table") == table.spec()
+    with start_node(name, table, ns) as handle:
+        assert handle.store is None
+        assert handle.meta_get("table_version", 0) == 0
+        handle.meta_set("table_version", 1)
+        assert handle.meta_get("table_version") == 1
+        assert "fsync" not in handle.runner.info()
