@@ -9,12 +9,14 @@ in benchmarks/README.md.
 
 from __future__ import annotations
 
+import os
 import time
 import urllib.request
 from functools import partial
 from typing import Any
 
 from benchmarks.harness import (
+    DURABLE_NODES,
     GET_LOCAL,
     GET_ROUTED,
     HOPS,
@@ -442,9 +444,36 @@ def durable(suite: Suite, r: int) -> None:
             at[node], PUT_NEW, conns, duration=duration, reply=PUT_REPLY, unique=True
         )
 
+    assert suite.cluster is not None
+    pids = {name: child.proc.pid for name, child in suite.cluster.nodes.items()}
+    window = suite.options.duration
+
+    def cpu_per_op(before: dict[str, float], name: str, rate: float) -> float:
+        """µs of the node's CPU per request over a pair's window (each node works
+        in its own slices only): a figure the machine's other load moves less."""
+        return (cpu_seconds(pids[name]) - before[name]) / (rate * window) * 1e6
+
+    def cpus() -> dict[str, float]:
+        return {name: cpu_seconds(pids[name]) for name in DURABLE_NODES}
+
+    before = cpus()
     sec, mem = suite.pair(r, partial(put, "dsec", 8), partial(put, "mem", 8))
     add("durable", "PUT in memory, 8 conn", "ops/s", r, mem)
     add("durable", "PUT fsync everysec, 8 conn", "ops/s", r, sec)
+    add(
+        "durable",
+        "node CPU per PUT, in memory",
+        "µs",
+        r,
+        cpu_per_op(before, "mem", mem),
+    )
+    add(
+        "durable",
+        "node CPU per PUT, everysec (its writer too)",
+        "µs",
+        r,
+        cpu_per_op(before, "dsec", sec),
+    )
     add(
         "durable",
         "ratio everysec/in memory, 8 conn",
@@ -499,6 +528,7 @@ def durable(suite: Suite, r: int) -> None:
                 serial,
             )
             add("durable", "ratio always/that", "x", r, ratio(always, serial))
+    before = cpus()
     got, base = suite.pair(
         r,
         partial(suite.text, at["dsec"], GET_LOCAL, 8),
@@ -508,6 +538,20 @@ def durable(suite: Suite, r: int) -> None:
     add("durable", "GET in memory, 8 conn", "ops/s", r, base)
     add(
         "durable",
+        "node CPU per GET, data dir",
+        "µs",
+        r,
+        cpu_per_op(before, "dsec", got),
+    )
+    add(
+        "durable",
+        "node CPU per GET, in memory",
+        "µs",
+        r,
+        cpu_per_op(before, "mem", base),
+    )
+    add(
+        "durable",
         "ratio GET data dir/in memory, 8 conn",
         "x",
         r,
@@ -515,8 +559,16 @@ def durable(suite: Suite, r: int) -> None:
         Target(">=", 0.95),
     )
     count = suite.options.mem_keys
-    full, empty = start_times(suite, r, count)
+    full, empty, full_cpu, empty_cpu = start_times(suite, r, count)
     add("durable", "start to READY, in memory", "s", r, empty)
+    add("durable", "CPU time to READY, in memory", "s", r, empty_cpu)
+    add(
+        "durable",
+        f"CPU time to READY, data dir of {keys_name(count)} keys",
+        "s",
+        r,
+        full_cpu,
+    )
     add(
         "durable",
         f"start to READY, data dir of {keys_name(count)} keys",
@@ -551,13 +603,21 @@ def commit_figures(
     return commits, writes, (total_ms / commits / 1e3 if commits else 0.0)
 
 
-def start_times(suite: Suite, r: int, count: int) -> tuple[float, float]:
+def cpu_seconds(pid: int) -> float:
+    """CPU time process ``pid`` has used (user and system), from /proc/PID/stat."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def start_times(suite: Suite, r: int, count: int) -> tuple[float, float, float, float]:
     """Seconds from spawning a node to its READY: with a data dir holding ``count``
     keys with 10-byte values (made once; the node is checked to hold them all),
     and in memory."""
     assert suite.cluster is not None
     big = suite.big_data_dir(count)
-    times = []
+    times: list[float] = []
+    cpu: list[float] = []
     for name, extra in ((f"big{r}", ["--data-dir", big]), (f"empty{r}", [])):
         started = time.monotonic()
         child = spawn_node(
@@ -568,6 +628,7 @@ def start_times(suite: Suite, r: int, count: int) -> tuple[float, float]:
             timeout=120,
         )
         times.append(time.monotonic() - started)
+        cpu.append(cpu_seconds(child.proc.pid))
         suite.mem_nodes.append(child)
         try:
             with Conn(text_address(child), timeout=TEXT_TIMEOUT) as conn:
@@ -584,4 +645,4 @@ def start_times(suite: Suite, r: int, count: int) -> tuple[float, float]:
         finally:
             child.stop()
             suite.mem_nodes.remove(child)
-    return times[0], times[1]
+    return times[0], times[1], cpu[0], cpu[1]
