@@ -9,16 +9,19 @@ in benchmarks/README.md.
 
 from __future__ import annotations
 
+import os
 import time
 import urllib.request
 from functools import partial
 from typing import Any
 
 from benchmarks.harness import (
+    DURABLE_NODES,
     GET_LOCAL,
     GET_ROUTED,
     HOPS,
     TEXT_TIMEOUT,
+    BenchError,
     Helper,
     Suite,
     hop_bucket,
@@ -34,6 +37,7 @@ from pyrokv.testing import Conn
 
 __all__ = [
     "api",
+    "durable",
     "hostile",
     "local_get",
     "memory",
@@ -423,3 +427,222 @@ def metrics(suite: Suite, r: int) -> None:
         Target(">=", 0.95),
     )
     add("metrics", "size of a scrape", "bytes", r, len(scraped))
+
+
+#: The durable case's write: a PUT of a key of its own each time (``%d``).
+PUT_NEW = "PUT apple k%d v\r\n"
+PUT_REPLY = "OK\r\n"
+
+
+def durable(suite: Suite, r: int) -> None:
+    """PUT and GET on nodes with a data dir vs the in-memory node, and the start of
+    a node whose data dir holds ``--mem-keys`` keys."""
+    add, at = suite.results.add, suite.addresses
+
+    def put(node: str, conns: int, duration: float | None = None) -> float:
+        return suite.text(
+            at[node], PUT_NEW, conns, duration=duration, reply=PUT_REPLY, unique=True
+        )
+
+    assert suite.cluster is not None
+    pids = {name: child.proc.pid for name, child in suite.cluster.nodes.items()}
+    window = suite.options.duration
+
+    def cpu_per_op(before: dict[str, float], name: str, rate: float) -> float:
+        """µs of the node's CPU per request over a pair's window (each node works
+        in its own slices only): a figure the machine's other load moves less."""
+        return (cpu_seconds(pids[name]) - before[name]) / (rate * window) * 1e6
+
+    def cpus() -> dict[str, float]:
+        return {name: cpu_seconds(pids[name]) for name in DURABLE_NODES}
+
+    before = cpus()
+    sec, mem = suite.pair(r, partial(put, "dsec", 8), partial(put, "mem", 8))
+    add("durable", "PUT in memory, 8 conn", "ops/s", r, mem)
+    add("durable", "PUT fsync everysec, 8 conn", "ops/s", r, sec)
+    add(
+        "durable",
+        "node CPU per PUT, in memory",
+        "µs",
+        r,
+        cpu_per_op(before, "mem", mem),
+    )
+    add(
+        "durable",
+        "node CPU per PUT, everysec (its writer too)",
+        "µs",
+        r,
+        cpu_per_op(before, "dsec", sec),
+    )
+    add(
+        "durable",
+        "ratio everysec/in memory, 8 conn",
+        "x",
+        r,
+        ratio(sec, mem),
+        Target(">=", 0.7),
+    )
+    for conns in (8, 64):
+        before = store_info(at["dalw"])
+        if conns == 8:
+            always, mem = suite.pair(
+                r, partial(put, "dalw", conns), partial(put, "mem", conns)
+            )
+        else:
+            always = put("dalw", conns)
+        commits, writes, latency = commit_figures(before, store_info(at["dalw"]))
+        add("durable", f"PUT fsync always, {conns} conn", "ops/s", r, always)
+        add("durable", f"always: commit latency, {conns} conn", "ms", r, latency * 1e3)
+        add(
+            "durable",
+            f"always: writes per commit, {conns} conn",
+            "count",
+            r,
+            writes / commits if commits else 0.0,
+        )
+        if conns == 8:
+            bound = min(mem, conns / latency) if latency else mem
+            add(
+                "durable",
+                "always: min(in memory, 8 / commit latency)",
+                "ops/s",
+                r,
+                bound,
+            )
+            add(
+                "durable",
+                "ratio always/min(in memory, 8 / commit latency)",
+                "x",
+                r,
+                ratio(always, bound),
+                Target(">=", 0.7),
+            )
+            # Each connection waits for its round trip (8 / the in-memory rate)
+            # and for its commit, one after the other: no design does better.
+            serial = conns / (conns / mem + latency) if latency else mem
+            add(
+                "durable",
+                "always: 8 / (8 / in memory + commit latency)",
+                "ops/s",
+                r,
+                serial,
+            )
+            add("durable", "ratio always/that", "x", r, ratio(always, serial))
+    before = cpus()
+    got, base = suite.pair(
+        r,
+        partial(suite.text, at["dsec"], GET_LOCAL, 8),
+        partial(suite.text, at["mem"], GET_LOCAL, 8),
+    )
+    add("durable", "GET with a data dir, 8 conn", "ops/s", r, got)
+    add("durable", "GET in memory, 8 conn", "ops/s", r, base)
+    add(
+        "durable",
+        "node CPU per GET, data dir",
+        "µs",
+        r,
+        cpu_per_op(before, "dsec", got),
+    )
+    add(
+        "durable",
+        "node CPU per GET, in memory",
+        "µs",
+        r,
+        cpu_per_op(before, "mem", base),
+    )
+    add(
+        "durable",
+        "ratio GET data dir/in memory, 8 conn",
+        "x",
+        r,
+        ratio(got, base),
+        Target(">=", 0.95),
+    )
+    count = suite.options.mem_keys
+    full, empty, full_cpu, empty_cpu = start_times(suite, r, count)
+    add("durable", "start to READY, in memory", "s", r, empty)
+    add("durable", "CPU time to READY, in memory", "s", r, empty_cpu)
+    add(
+        "durable",
+        f"CPU time to READY, data dir of {keys_name(count)} keys",
+        "s",
+        r,
+        full_cpu,
+    )
+    add(
+        "durable",
+        f"start to READY, data dir of {keys_name(count)} keys",
+        "s",
+        r,
+        full,
+        Target("<=", 5.0),
+    )
+
+
+def store_info(address: tuple[str, int]) -> dict[str, float]:
+    """A node's INFO fields of its store: commits, writes_committed, commit_ms."""
+    fields: dict[str, float] = {}
+    with Conn(address, timeout=TEXT_TIMEOUT) as conn:
+        conn.send(b"INFO\r\n")
+        while (line := conn.line()) != b"OK":
+            name, _, value = line.decode().partition(" ")
+            if name in ("commits", "writes_committed", "commit_ms"):
+                fields[name] = float(value)
+    return fields
+
+
+def commit_figures(
+    before: dict[str, float], after: dict[str, float]
+) -> tuple[float, float, float]:
+    """Commits, writes committed and the mean commit latency (s) between two INFOs."""
+    commits = after["commits"] - before["commits"]
+    writes = after["writes_committed"] - before["writes_committed"]
+    total_ms = (
+        after["commit_ms"] * after["commits"] - before["commit_ms"] * before["commits"]
+    )
+    return commits, writes, (total_ms / commits / 1e3 if commits else 0.0)
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time process ``pid`` has used (user and system), from /proc/PID/stat."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def start_times(suite: Suite, r: int, count: int) -> tuple[float, float, float, float]:
+    """Seconds from spawning a node to its READY: with a data dir holding ``count``
+    keys with 10-byte values (made once; the node is checked to hold them all),
+    and in memory."""
+    assert suite.cluster is not None
+    big = suite.big_data_dir(count)
+    times: list[float] = []
+    cpu: list[float] = []
+    for name, extra in ((f"big{r}", ["--data-dir", big]), (f"empty{r}", [])):
+        started = time.monotonic()
+        child = spawn_node(
+            name,
+            suite.cluster.ns,
+            f"0..255={name}",
+            extra=["--listen", "127.0.0.1:0", *extra],
+            timeout=120,
+        )
+        times.append(time.monotonic() - started)
+        cpu.append(cpu_seconds(child.proc.pid))
+        suite.mem_nodes.append(child)
+        try:
+            with Conn(text_address(child), timeout=TEXT_TIMEOUT) as conn:
+                conn.send(b"INFO\r\n")
+                keys = {}
+                while (line := conn.line()) != b"OK":
+                    field, _, value = line.decode().partition(" ")
+                    keys[field] = value
+            expected = str(count) if extra else "0"
+            if keys.get("keys") != expected:
+                raise BenchError(
+                    f"{name} holds {keys.get('keys')} keys, not {expected}"
+                )
+        finally:
+            child.stop()
+            suite.mem_nodes.remove(child)
+    return times[0], times[1], cpu[0], cpu[1]

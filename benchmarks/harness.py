@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -22,11 +23,14 @@ from typing import Any
 
 from benchmarks.results import Results
 from pyrokv.cluster import Child, LocalCluster
+from pyrokv.durable import DurableRegistry
 from pyrokv.naming import parse_address
+from pyrokv.store import Store
 from pyrokv.testing import Conn
 
 __all__ = [
     "BIG_VALUE",
+    "DURABLE_NODES",
     "GET_BIG",
     "GET_LOCAL",
     "GET_ROUTED",
@@ -57,6 +61,13 @@ REPLY = "v\r\nOK\r\n"
 BIG_VALUE = 60 * 1024
 GET_BIG = "GET apple big\r\n"
 HOPS = 4
+#: The durable case's nodes, each owning every bucket: its fsync mode, or None
+#: for the in-memory node that is its baseline.
+DURABLE_NODES: dict[str, str | None] = {
+    "mem": None,
+    "dsec": "everysec",
+    "dalw": "always",
+}
 HOP_NODES = [f"h{i}" for i in range(HOPS + 1)]
 START_TIMEOUT = 60.0
 #: Each read of the text client that loads data waits at most this long.
@@ -246,6 +257,8 @@ class Suite:
         self.bare_uri = ""
         self.api: Helper | None = None
         self.attacker: Helper | None = None
+        #: Where the durable case keeps its data dirs.
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
 
     def wants(self, *cases: str) -> bool:
         """Whether this run includes any of ``cases``."""
@@ -267,6 +280,16 @@ class Suite:
                 # every hop serves the text protocol, so requests travel the way
                 # they do in a cluster started by `pyrokv up`: over peer links
                 extra[name] = ["--listen", "127.0.0.1:0"]
+        if self.wants("durable"):
+            # nodes owning every bucket: in memory, and with data dirs (fsync
+            # everysec and always)
+            self._tmp = tempfile.TemporaryDirectory(prefix="pyrokv-bench-")
+            for name, fsync in DURABLE_NODES.items():
+                nodes[name] = f"0..255={name}"
+                data = os.path.join(self._tmp.name, name)
+                extra[name] = ["--listen", "127.0.0.1:0"] + (
+                    [] if fsync is None else ["--data-dir", data, "--fsync", fsync]
+                )
         if self.wants("metrics"):
             # a node like foo, owning every bucket it is asked for, with metrics on
             nodes["met"] = "0..255=met"
@@ -283,7 +306,13 @@ class Suite:
             )
         count = 1 if self.options.clients == "threads" else 8
         if self.wants(
-            "local_get", "routed_get", "pipelined", "scaling", "hostile", "metrics"
+            "local_get",
+            "routed_get",
+            "pipelined",
+            "scaling",
+            "hostile",
+            "metrics",
+            "durable",
         ):
             self.workers = [
                 self._helper(f"load client {i}", script("loadgen.py"))
@@ -353,6 +382,11 @@ class Suite:
             with Conn(self.addresses["met"], timeout=TEXT_TIMEOUT) as conn:
                 conn.expect(b"CREATE apple\r\nPUT apple k v\r\n", b"OK\r\n" * 2)
                 conn.expect(GET_LOCAL.encode(), REPLY.encode())
+        for name in DURABLE_NODES:
+            if name in self.addresses:
+                with Conn(self.addresses[name], timeout=TEXT_TIMEOUT) as conn:
+                    conn.expect(b"CREATE apple\r\nPUT apple k v\r\n", b"OK\r\n" * 2)
+                    conn.expect(GET_LOCAL.encode(), REPLY.encode())
         if "h0" in self.addresses:
             with Conn(self.addresses["h0"], timeout=TEXT_TIMEOUT) as conn:
                 for hops in range(HOPS + 1):
@@ -363,6 +397,21 @@ class Suite:
                         b"OK\r\nOK\r\n" + REPLY.encode(),
                     )
 
+    def big_data_dir(self, count: int) -> str:
+        """A data dir holding bucket ``big`` of ``count`` keys with 10-byte values,
+        written once (straight through pyrokv's store, as a node would have)."""
+        assert self._tmp is not None
+        path = os.path.join(self._tmp.name, f"big{count}")
+        if not os.path.exists(path):
+            started = time.monotonic()
+            registry = DurableRegistry(Store.open(path, "no"))
+            registry.install({"big": {f"k{i:07d}": f"{i:010d}" for i in range(count)}})
+            registry.store.close()
+            self.log(
+                f"# wrote a data dir of {count} keys in {time.monotonic() - started:.1f}s"
+            )
+        return path
+
     def stop(self) -> None:
         """Stop every process this suite started."""
         for child in list(self.mem_nodes):
@@ -371,6 +420,8 @@ class Suite:
             helper.stop()
         if self.cluster is not None:
             self.cluster.stop()
+        if self._tmp is not None:
+            self._tmp.cleanup()
 
     # -- measuring -----------------------------------------------------------
 
@@ -383,11 +434,17 @@ class Suite:
         end = start + duration
         job = {**job, "start": start, "end": end}
         if client_mode(self.options.clients, job["kind"]) == "processes":
-            if conns > len(self.workers):
-                raise BenchError(f"{conns} connections need {conns} load clients")
-            busy = self.workers[:conns]
+            # one connection a process; past the processes there are, as many
+            # threads in each (64 connections: 8 threads in each of 8 processes)
+            each, extra = divmod(conns, len(self.workers))
+            if each and extra:
+                raise BenchError(
+                    f"{conns} connections do not spread evenly over "
+                    f"{len(self.workers)} load clients"
+                )
+            busy = self.workers[: conns if not each else len(self.workers)]
             for worker in busy:
-                worker.send(json.dumps({**job, "threads": 1}))
+                worker.send(json.dumps({**job, "threads": max(each, 1)}))
         else:
             busy = self.workers[:1]
             busy[0].send(json.dumps({**job, "threads": conns}))
@@ -402,15 +459,20 @@ class Suite:
         conns: int,
         depth: int = 1,
         duration: float | None = None,
+        *,
+        reply: str = REPLY,
+        unique: bool = False,
     ) -> float:
-        """Rate of ``request`` to a text port, each reply checked to be ``v``, OK."""
+        """Rate of ``request`` to a text port, each reply checked to be ``reply``
+        (``v``, OK); with ``unique``, ``%d`` in ``request`` is a new number each time."""
         job = {
             "kind": "text",
             "host": address[0],
             "port": address[1],
             "request": request,
-            "reply": REPLY,
+            "reply": reply,
             "depth": depth,
+            "unique": unique,
         }
         return self.load(job, conns, duration)
 

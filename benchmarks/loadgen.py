@@ -13,6 +13,8 @@ are not counted. Jobs:
 "depth": 1, "threads": 1, "start": T0, "end": T1}``
     ``threads`` connections (one thread each) send ``request`` and check every reply
     is exactly ``reply``; ``depth`` requests are kept in flight on each connection.
+    With ``"unique": true`` the request holds ``%d``, a number each request takes
+    anew (``PUT b k%d v``: every PUT writes a key of its own).
 
 ``{"kind": "pyro", "uri": U, "method": "get", "args": [...], "expect": V, "threads": 1, ...}``
     ``threads`` Pyro5 proxies (one thread each), each reused for every call.
@@ -68,12 +70,23 @@ def _text_worker(job: dict[str, Any], counts: list[int], slot: int) -> None:
     clock = time.time
     with socket.create_connection((job["host"], int(job["port"])), timeout=30) as sock:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        recv, send = sock.recv, sock.sendall
+        recv, sendall = sock.recv, sock.sendall
         replies = [reply * k for k in range(depth + 1)]
         requests = [request * k for k in range(depth + 1)]
+        if job.get("unique"):  # "%d" in the request: a new number in each one
+            numbers = iter(range(slot * 1_000_000_000, (slot + 1) * 1_000_000_000))
+
+            def send(k: int) -> None:
+                sendall(b"".join(request % next(numbers) for _ in range(k)))
+
+        else:
+
+            def send(k: int) -> None:
+                sendall(requests[k])
+
         done = 0
         buffer = b""
-        send(requests[depth])
+        send(depth)
         while True:
             data = recv(65536)
             if not data:
@@ -93,7 +106,7 @@ def _text_worker(job: dict[str, Any], counts: list[int], slot: int) -> None:
                 break
             if now >= start:
                 done += k
-            send(requests[k])
+            send(k)
     counts[slot] = done
 
 

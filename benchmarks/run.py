@@ -45,6 +45,14 @@ Cases (``--only`` takes these names, comma-separated):
   attackers start before each attacked slice and stop after it; also shown: how
   fast the malformed frames were answered, what the pipelining ones wrote, and
   the node's peak RSS growth (VmHWM) while attacked.
+- ``durable``: nodes owning every bucket, one in memory and two with a data dir
+  (``fsync`` everysec and always): PUT of a new key each time over 8 connections,
+  everysec against in memory (target >= 0.7x) and always against
+  min(in memory, 8 / commit latency) (target >= 0.7x; the latency and writes per
+  commit from the node's INFO), always over 64 connections too; GET over 8
+  connections with a data dir against in memory (target >= 0.95x); and the time
+  from spawning a node to its READY with a data dir of ``--mem-keys`` keys with
+  10-byte values (target <= 5 s), an empty in-memory node beside it.
 - ``metrics``: text GET on the owner over 8 connections, a node with ``--metrics``
   (scraped once a round) against foo without; target >= 0.95x (issue "Operable and
   pleasant": run it with ``--rounds 5``).
@@ -98,6 +106,7 @@ CASES: dict[str, Callable[[Suite, int], None]] = {
     "memory": cases.memory,
     "hostile": cases.hostile,
     "metrics": cases.metrics,
+    "durable": cases.durable,
 }
 
 
@@ -142,7 +151,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[BenchOptions, argparse.Names
     parser.add_argument(
         "--mem-keys",
         type=int,
-        help="keys in the memory case (default 1,000,000; 10,000 with --quick)",
+        help="keys in the memory case and in the durable case's data dir (default "
+        "1,000,000; 10,000 with --quick)",
     )
     parser.add_argument(
         "--strict", action="store_true", help="exit 1 when a target is missed"

@@ -12,6 +12,7 @@ __all__ = [
     "DEFAULT_ALLOW",
     "DEFAULT_CHANGE_TIMEOUT",
     "DEFAULT_CONFIG",
+    "DEFAULT_FSYNC",
     "DEFAULT_HOP_LIMIT",
     "DEFAULT_HOST",
     "DEFAULT_IDLE_TIMEOUT",
@@ -24,6 +25,7 @@ __all__ = [
     "DEFAULT_TABLE",
     "DEFAULT_TIMEOUT",
     "DEFAULT_WORKERS",
+    "FSYNC_MODES",
 ]
 
 #: The file read when no --config is given, if it exists in the working directory.
@@ -53,6 +55,12 @@ DEFAULT_MAX_LINE = 64 * 1024
 DEFAULT_IDLE_TIMEOUT = 300.0
 #: [node NAME] workers: Pyro5 worker threads; each connection into a node holds one.
 DEFAULT_WORKERS = 256
+
+#: [node NAME] fsync: when a write to a node with a data dir is acknowledged:
+#: ``always`` (on disk), ``everysec`` (applied; on disk within about a second), ``no``.
+DEFAULT_FSYNC = "everysec"
+#: Every value of [node NAME] fsync.
+FSYNC_MODES: tuple[str, ...] = ("always", "everysec", "no")
 
 #: [node NAME] and [nameserver] max_message: the largest Pyro5 message a daemon
 #: accepts (bytes); a larger one is refused from its header.

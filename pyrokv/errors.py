@@ -22,6 +22,11 @@ __all__ = [
     "ChildError",
     "ClientClosedError",
     "ConfigError",
+    "CorruptDataError",
+    "DataDirError",
+    "DataDirInUseError",
+    "DataFormatError",
+    "DiskError",
     "HandOffPendingError",
     "IncompatiblePyroError",
     "InvalidTableError",
@@ -224,6 +229,38 @@ class ClientClosedError(PyroKVError):
 class ProtocolError(PyroKVError):
     """A peer of the text protocol sent something the server cannot accept: a ``FWD``
     frame with a malformed field. The server answers that frame alone with an error."""
+
+
+# -- data dirs and disks ----------------------------------------------------------
+
+
+class DiskError(PyroKVError):
+    """A write could not be committed to the node's data dir (disk full, I/O error).
+
+    Its text starts with ``disk:`` (the text protocol answers ``ERROR disk: ...``).
+    With ``fsync = always`` the write was not applied; with ``everysec`` or ``no``
+    the node refuses writes with it until a commit succeeds again. Reads go on.
+    """
+
+
+class DataDirError(PyroKVError):
+    """A node's data dir cannot be created, written or read; the node does not start.
+
+    The message names the path; nothing in the dir was changed.
+    """
+
+
+class DataDirInUseError(DataDirError):
+    """Another process (another node) holds the data dir; the message names its pid."""
+
+
+class CorruptDataError(DataDirError):
+    """The data dir's database is damaged, or not a pyrokv database."""
+
+
+class DataFormatError(DataDirError):
+    """The data dir's database was written by a newer pyrokv, in a format this one
+    does not know."""
 
 
 # -- processes and settings ----------------------------------------------------

@@ -13,6 +13,7 @@ import os
 import ssl
 import sys
 import threading
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -25,6 +26,7 @@ from . import metrics as metrics_module
 from .daemon import make_daemon
 from .defaults import (
     DEFAULT_ALLOW,
+    DEFAULT_FSYNC,
     DEFAULT_HOP_LIMIT,
     DEFAULT_HOST,
     DEFAULT_IDLE_TIMEOUT,
@@ -34,7 +36,9 @@ from .defaults import (
     DEFAULT_PORT,
     DEFAULT_TIMEOUT,
     DEFAULT_WORKERS,
+    FSYNC_MODES,
 )
+from .durable import DurableRegistry
 from .errors import (
     ConfigError,
     ListenError,
@@ -49,6 +53,7 @@ from .runner import TaskRunner
 from .server import TextServer
 from .signals import STOP_SIGNALS, StopSignals
 from .stats import Stats
+from .store import Store
 from .table import RoutingTable, check_node_name
 from .tls import TLSSettings
 from .wire import set_workers, setup_pyro
@@ -82,6 +87,10 @@ class NodeHandle:
         self.ns = ns
         self.text: TextServer | None = None
         self.metrics: metrics_module.MetricsServer | None = None
+        #: The node's store of record (its data dir), or None: in memory only.
+        self.store: Store | None = getattr(registry, "store", None)
+        #: The meta values of a node without a data dir (kept in memory).
+        self._meta: dict[str, Any] = {}
         self.stats = Stats()
         runner.describe = self.describe
         runner.stats = self.stats
@@ -125,7 +134,23 @@ class NodeHandle:
             "requests": requests.total(),
             "routed": sum(stats.routed.values()),
             "errors": sum(requests.error.values()),
+            **({} if self.store is None else self.store.stats()),
         }
+
+    def meta_get(self, key: str, default: Any = None) -> Any:
+        """A value the node keeps about itself (its routing table and version):
+        from its data dir, or from memory without one."""
+        if self.store is None:
+            return self._meta.get(key, default)
+        return self.store.meta_get(key, default)
+
+    def meta_set(self, key: str, value: Any) -> None:
+        """Keep ``value`` under ``key`` (see :meth:`meta_get`); with a data dir it
+        is on disk when this returns (:meth:`Store.meta_set`)."""
+        if self.store is None:
+            self._meta[key] = value
+        else:
+            self.store.meta_set(key, value)
 
     def _metadata(self) -> set[str]:
         metadata = {naming.NODE_METADATA}
@@ -244,6 +269,8 @@ class NodeHandle:
         if self._keeper.is_alive():
             self._keeper.join(timeout=5)
         self.router.close()
+        if self.store is not None:
+            self.store.close()  # commits every pending write
 
     def __enter__(self) -> NodeHandle:
         return self
@@ -274,6 +301,8 @@ def start_node(
     password_file: str | None = None,
     password: str | None = None,
     metrics: tuple[str, int] | None = None,
+    data_dir: str | None = None,
+    fsync: str = DEFAULT_FSYNC,
 ) -> NodeHandle:
     """Start node ``name`` in this process and register it; return its handle.
 
@@ -285,6 +314,10 @@ def start_node(
     its text server opens and accepts peer links to other nodes' text ports.
     Refuses (with :class:`NameTakenError`) a name that a live node holds; replaces a
     registration left behind by a dead one.
+    With ``data_dir`` the node's buckets are loaded from there before it registers,
+    and every write is recorded there (:mod:`pyrokv.durable`); ``fsync`` says when
+    a write is acknowledged (``always``, ``everysec``, ``no``). A dir that cannot be
+    used raises a :class:`DataDirError` naming it.
     """
     setup_pyro()
     check_node_name(name)
@@ -300,6 +333,87 @@ def start_node(
             secret_file,
         )
     stale = _refuse_if_live(name, ns, timeout)
+    registry = _registry(name, data_dir, fsync)
+    try:
+        return _start_node(
+            name,
+            table,
+            ns,
+            registry,
+            stale,
+            host=host,
+            port=port,
+            allow=allow,
+            timeout=timeout,
+            hop_limit=hop_limit,
+            listen=listen,
+            max_line=max_line,
+            idle_timeout=idle_timeout,
+            workers=workers,
+            tls=tls,
+            secret=secret,
+            max_message=max_message,
+            text_tls=text_tls,
+            password=password,
+            metrics=metrics,
+        )
+    except BaseException:
+        if isinstance(registry, DurableRegistry):
+            registry.store.close()  # idempotent: a handle that stopped closed it
+        raise
+
+
+def _registry(name: str, data_dir: str | None, fsync: str) -> Registry:
+    """The node's registry: in memory, or loaded from its data dir."""
+    if data_dir is None:
+        return Registry()
+    if fsync not in FSYNC_MODES:
+        raise ConfigError(
+            f"fsync {fsync!r} is not one of {', '.join(FSYNC_MODES)} (--fsync, fsync)"
+        )
+    started = time.monotonic()
+    store = Store.open(data_dir, fsync)
+    try:
+        registry = DurableRegistry(store)
+    except BaseException:
+        store.close()
+        raise
+    log.info(
+        "node %r loaded %d buckets, %d keys from %s in %.1fs (fsync %s)",
+        name,
+        registry.count(),
+        registry.key_count(),
+        store.data_dir,
+        time.monotonic() - started,
+        fsync,
+    )
+    return registry
+
+
+def _start_node(
+    name: str,
+    table: RoutingTable,
+    ns: tuple[str, int],
+    registry: Registry,
+    stale: bool,
+    *,
+    host: str,
+    port: int,
+    allow: Iterable[str],
+    timeout: float,
+    hop_limit: int,
+    listen: tuple[str, int] | None,
+    max_line: int,
+    idle_timeout: float,
+    workers: int,
+    tls: TLSSettings | None,
+    secret: bytes | None,
+    max_message: int,
+    text_tls: ssl.SSLContext | None,
+    password: str | None,
+    metrics: tuple[str, int] | None,
+) -> NodeHandle:
+    """:func:`start_node` once its arguments are checked and its registry loaded."""
     # Pyro5 reads the pool size and message limit from its global config:
     # process-wide.
     set_workers(workers)
@@ -311,7 +425,6 @@ def start_node(
             "port",
             f"node {name!r} cannot listen on {host}:{port}: {exc.strerror or exc}",
         ) from None
-    registry = Registry()
     runner = TaskRunner(name, registry, allow)
     router = Router(
         table, name, local=runner.execute, ns=ns, timeout=timeout, hop_limit=hop_limit

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import functools
 import hmac
 import logging
 import socket
@@ -21,7 +22,8 @@ import ssl as ssl_module
 import threading
 import time
 import zlib
-from typing import Any, NamedTuple
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from . import peering, protocol
 from .defaults import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_MESSAGE
@@ -34,6 +36,9 @@ from .router import Router
 from .routing import HERE, WAIT, Decision, Hop
 from .stats import Stats
 from .transport import Forward, PyroLanes, Transport, reset
+
+if TYPE_CHECKING:
+    from .durable import Reply
 
 __all__ = [
     "DEFAULT_IDLE_TIMEOUT",
@@ -264,6 +269,9 @@ class _Connection(asyncio.Protocol):
                     counts = handler[3]  # this verb's [ok, error]: see stats.py
                     try:
                         reply = handler[1](words)
+                        if reply.__class__ is not bytes:  # a write waits for the disk
+                            self._wait_for_disk(reply, handler[2])
+                            continue
                         counts[0] += 1
                         if not counts[0] & _SAMPLE:  # one in 64 goes to the histogram
                             server.stats.observe(
@@ -484,6 +492,10 @@ class _Connection(asyncio.Protocol):
                 name = handler[2].name.decode()
                 try:
                     reply = handler[1](inner)
+                    if reply.__class__ is not bytes:  # a write waits for the disk
+                        self._wait_for_disk(reply, handler[2])
+                        self.framed = True
+                        return
                 except Exception:
                     server.stats.peer_requests.error[name] += 1
                     raise
@@ -560,6 +572,9 @@ class _Connection(asyncio.Protocol):
                 return
             if decision is HERE:
                 reply = server.handlers[parked.words[0]][1](parked.words)
+                if reply.__class__ is not bytes:  # a write waits for the disk
+                    self._wait_for_disk(reply, parked.verb)
+                    return
             else:
                 assert isinstance(decision, Hop)
                 out: list[bytes] = []
@@ -579,6 +594,25 @@ class _Connection(asyncio.Protocol):
         except Exception as exc:
             reply = protocol.error_reply(exc)
         self.routed(reply)
+
+    def _wait_for_disk(self, start: Any, verb: Verb) -> None:
+        """A write that is answered once it is on disk (``fsync = always``): start
+        it; the connection waits, as for a routed request, while the loop serves
+        the others. Raises (and starts nothing) when the write is refused at once.
+        """
+        deliver = self.server.from_disk
+        routed = self.routed
+
+        def reply(error: Exception | None, result: Any) -> None:  # the writer's thread
+            data = (
+                verb.reply_to(result) if error is None else protocol.error_reply(error)
+            )
+            deliver(routed, data)
+
+        started: Callable[[Reply], None] = start  # what a deferred handler returns
+        started(reply)
+        self.hold |= _WAITING
+        self.sent = (verb.name.decode(), _monotonic())
 
     def routed(self, reply: bytes) -> None:
         """The reply of this connection's routed request (called on the loop)."""
@@ -644,6 +678,26 @@ class _Parked(NamedTuple):
     path: tuple[str, ...]
 
 
+def _deferred(registry: Registry, verb: Verb) -> Handler | None:
+    """The handler of a write the registry answers once it is on disk (a
+    :class:`~pyrokv.durable.DurableRegistry` with ``fsync = always``), or None.
+
+    It returns, instead of the reply, a function that starts the write with a
+    :data:`~pyrokv.durable.Reply` (see :meth:`_Connection._wait_for_disk`).
+    """
+    deferred = getattr(registry, "deferred", None)
+    start = None if deferred is None else deferred(verb.method)
+    if start is None:
+        return None
+
+    def handler(w: list[bytes]) -> Any:
+        return functools.partial(
+            start, *(x.decode("utf-8", "surrogateescape") for x in w[1:])
+        )
+
+    return handler
+
+
 def _too_long(line: bytes, limit: int) -> bool:
     """Whether ``line`` (split at ``\\n``) passes ``limit`` without its ``\\r``."""
     size = len(line)
@@ -686,7 +740,12 @@ class TextServer:
         #: word -> (words in its line, handler, verb, its [ok, error] counts): a
         #: tuple, read once per request on the hot path
         self.handlers: dict[bytes, tuple[int, Handler, Verb, list[int]]] = {
-            word: (words, handler, verb, self.stats.cell(verb.name.decode()))
+            word: (
+                words,
+                _deferred(registry, verb) or handler,
+                verb,
+                self.stats.cell(verb.name.decode()),
+            )
             for word, (words, handler, verb) in protocol.handlers(registry).items()
         }
         self.secret = secret
@@ -703,6 +762,11 @@ class TextServer:
         #: Reserve connections that have not proved they are nodes, oldest first.
         self.reserved: dict[_Connection, None] = {}
         self.loop = asyncio.new_event_loop()
+        #: Replies of writes that waited for the disk, for the loop to hand out.
+        self._disk_replies: collections.deque[tuple[Callable[[bytes], None], bytes]] = (
+            collections.deque()
+        )
+        self._disk_scheduled = False
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=ROUTE_WORKERS, thread_name_prefix="pyrokv-route"
         )
@@ -742,6 +806,24 @@ class TextServer:
             target=self.loop.run_forever, name="pyrokv-text", daemon=True
         )
         self._thread.start()
+
+    def from_disk(self, routed: Callable[[bytes], None], reply: bytes) -> None:
+        """Hand ``reply`` to a connection's ``routed`` on the loop (from the store's
+        writer thread): the replies of one commit go in one wake-up of the loop."""
+        self._disk_replies.append((routed, reply))
+        if not self._disk_scheduled:
+            self._disk_scheduled = True
+            try:
+                self.loop.call_soon_threadsafe(self._deliver_disk_replies)
+            except RuntimeError:  # the server stopped meanwhile
+                pass
+
+    def _deliver_disk_replies(self) -> None:
+        self._disk_scheduled = False  # first: a reply added from now on schedules
+        replies = self._disk_replies
+        while replies:
+            routed, reply = replies.popleft()
+            routed(reply)
 
     def run_task(self, name: str) -> Any:
         """Run task ``name`` (no arguments) on this node (PING, INFO)."""

@@ -22,6 +22,7 @@ from typing import Any
 from .defaults import (
     DEFAULT_ALLOW,
     DEFAULT_CONFIG,
+    DEFAULT_FSYNC,
     DEFAULT_HOP_LIMIT,
     DEFAULT_HOST,
     DEFAULT_IDLE_TIMEOUT,
@@ -33,6 +34,7 @@ from .defaults import (
     DEFAULT_TABLE,
     DEFAULT_TIMEOUT,
     DEFAULT_WORKERS,
+    FSYNC_MODES,
 )
 from .logs import LEVELS
 from .naming import parse_address, parse_port
@@ -227,6 +229,13 @@ def _show_allow(modules: tuple[str, ...]) -> str:
 
 def _file_or_none(text: str) -> str | None:
     return text or None
+
+
+def _fsync(text: str) -> str:
+    mode = text.strip().lower()
+    if mode not in FSYNC_MODES:
+        raise ValueError(f"{text!r} is not an fsync mode: use {', '.join(FSYNC_MODES)}")
+    return mode
 
 
 def _log_level(text: str) -> str:
@@ -559,6 +568,32 @@ SETTINGS = (
         commands=("node",),
         metavar="HOST:PORT",
         unset="off",
+        start_node=True,
+    ),
+    Setting(
+        "node",
+        "data_dir",
+        _file_or_none,
+        None,
+        "keep the node's buckets in this directory (SQLite), loaded at start; "
+        "without one the node holds them in memory only",
+        flag="--data-dir",
+        commands=("node",),
+        metavar="DIR",
+        unset="none (in memory)",
+        path=True,
+        start_node=True,
+    ),
+    Setting(
+        "node",
+        "fsync",
+        _fsync,
+        DEFAULT_FSYNC,
+        "with a data dir, when a write is acknowledged: always (once on disk), "
+        "everysec (once applied; on disk within about a second), no (left to the OS)",
+        flag="--fsync",
+        commands=("node",),
+        metavar="MODE",
         start_node=True,
     ),
     Setting(

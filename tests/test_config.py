@@ -25,6 +25,16 @@ def test_shipped_config_is_valid_and_is_the_guide() -> None:
     assert settings.node("bar").listen == ("127.0.0.1", 4041)
 
 
+def test_shipped_config_keeps_foo_and_bar_in_one_ignored_folder() -> None:
+    """foo and bar have data dirs under data/ beside the shipped config, and git
+    ignores that folder."""
+    settings = load_settings(ROOT / "nameserver.conf", {})
+    assert settings.node("foo").data_dir == str(ROOT / "data" / "foo")
+    assert settings.node("bar").data_dir == str(ROOT / "data" / "bar")
+    assert settings.node("foo").fsync == "everysec"
+    assert "/data/" in (ROOT / ".gitignore").read_text().split()
+
+
 def test_precedence_env_over_file_over_default(tmp_path: Path) -> None:
     """The environment overrides the file, which overrides the built-in default."""
     conf = tmp_path / "c.conf"
