@@ -295,3 +295,56 @@ def test_changes_under_load_lose_nothing(links: str, unique: str) -> None:
     finally:
         cluster.stop()
     print(f"{links}: {measured}")
+
+
+#: Tables that send each of x, y and z through two nodes, each pair in turn, so
+#: that three requests entered at the right nodes cross every link at once:
+#: x: baz -> foo -> bar, y: foo -> bar -> baz, z: bar -> baz -> foo.
+CROSSING = {
+    "foo": "x..y=bar, z=foo",
+    "bar": "x=bar, y..z=baz",
+    "baz": "x=foo, y=baz, z=foo",
+}
+
+
+@pytest.mark.parametrize("links", ["peer", "pyro5"])
+def test_requests_crossing_between_nodes_do_not_wait_for_each_other(
+    links: str, unique: str
+) -> None:
+    """Requests that take two hops each, in a ring (as requests routed by an older
+    table do while a change switches the nodes one by one), all complete: a node
+    that sends a forwarded request on does not hold the link it came by while
+    the link it goes out by waits for it."""
+    cluster = start_cluster(CROSSING, secret=links == "peer", extra=["--timeout", "2"])
+    entries = {"x": "baz", "y": "foo", "z": "bar"}
+    errors: list[str] = []
+    done: list[str] = []  # one item per thread that got every reply
+
+    def work(first: str, node: str) -> None:
+        address = cluster.nodes[node].listen_address()
+        assert address is not None
+        bucket = f"{first}{unique}"
+        with Conn(address) as conn:
+            for value in range(200):
+                reply = conn.ask(
+                    f"CREATE {bucket}" if not value else f"PUT {bucket} k {value}"
+                )
+                if reply != b"OK":
+                    errors.append(f"{bucket} via {node}: {reply!r}")
+                    return
+        done.append(first)
+
+    try:
+        threads = [
+            threading.Thread(target=work, args=item)
+            for item in entries.items()
+            for _ in range(2)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        assert errors == [], "\n".join([*errors, *node_warnings(cluster)])
+        assert sorted(done) == sorted([*entries, *entries])
+    finally:
+        cluster.stop()
