@@ -1,6 +1,7 @@
 """Live routing tables under load (issue 11): no error, no lost write, no stale read.
 
-Writers and readers on every node, over the text protocol and the Python client,
+Writers and readers on every node, over the text protocol and the Python client
+(one request per call, and pipelines),
 run while the cluster's table changes ten times (first-byte and hashed layouts,
 one of them leaving a node empty). Each writer writes increasing values to keys
 of its own and reads its own last acknowledged value back; each reader checks
@@ -37,7 +38,7 @@ LAYOUTS = [
 ]
 CHANGES = 10
 #: Acknowledged writes between two changes (or WRITES_WAIT seconds, if fewer).
-WRITES_BETWEEN = 400
+WRITES_BETWEEN = 1000
 WRITES_WAIT = 3.0
 #: Buckets the load uses: first bytes all over the tables' ranges.
 FIRSTS = "0Aacegikmoqsuwy~"
@@ -153,6 +154,30 @@ def writer(load: Load, who: str, path: Path) -> None:
             last = (bucket, value)
 
 
+def batch_writer(load: Load, who: str, path: ClientPath) -> None:
+    """Write 1, 2, 3 ... to key ``who`` of every bucket, all in one pipeline per
+    value, then read them all back in one pipeline: each is the value just written."""
+    value = 0
+    while not load.stop.is_set():
+        value += 1
+        with path.client.pipeline() as puts:
+            for bucket in load.buckets:
+                puts.put(bucket, who, str(value))
+        for bucket, result in zip(load.buckets, puts.results or [], strict=True):
+            if result is not None:
+                load.fail(who, f"PUT {bucket} {who} {value}: {result!r}")
+                continue
+            with load.lock:
+                load.acked[bucket, who] = value
+                load.writes += 1
+        with path.client.pipeline() as gets:
+            for bucket in load.buckets:
+                gets.get(bucket, who)
+        for bucket, result in zip(load.buckets, gets.results or [], strict=True):
+            if result != str(value):
+                load.fail(who, f"GET {bucket} {who} is {result!r}, not {value}")
+
+
 def reader(load: Load, who: str, path: Path, keys: list[str]) -> None:
     """Read every writer's keys in turn: never below what was acknowledged before
     the read was sent, nor below what this reader read before."""
@@ -233,6 +258,12 @@ def run_load(cluster: LocalCluster, unique: str) -> dict[str, float]:
             path = make(cluster, node)
             paths.append(path)
             threads.append(threading.Thread(target=writer, args=(load, who, path)))
+    for node in NODES:
+        who = f"w{len(writers)}-{node}-pipeline"
+        writers.append(who)
+        pipe = ClientPath(cluster, node)
+        paths.append(pipe)
+        threads.append(threading.Thread(target=batch_writer, args=(load, who, pipe)))
     for node in NODES:
         for kind, make in (("text", TextPath), ("client", ClientPath)):
             path = make(cluster, node)
