@@ -351,13 +351,21 @@ class Cluster:
             return list(current.by_slot), current.hashed
         owners: list[str | None] = [None] * 256
         hashed = False
-        for node, state in sorted(alive.items()):
-            own = RoutingTable.parse(state["table"])
+        tables = {
+            node: RoutingTable.parse(state["table"])
+            for node, state in sorted(alive.items())
+        }
+        # A node that names itself holds the slot, whichever node's table names
+        # another owner for it first (foo's "a..z=bar" does not make bar hold what
+        # baz's own table keeps); then the owners the tables name, for the rest.
+        for node, own in tables.items():
             hashed = hashed or own.hashed
             for slot, owner in enumerate(own.by_slot):
                 if owner == node and owners[slot] is None:
                     owners[slot] = node
-                elif owners[slot] is None and owner is not None:
+        for own in tables.values():
+            for slot, owner in enumerate(own.by_slot):
+                if owners[slot] is None and owner is not None:
                     owners[slot] = owner
         return owners, hashed
 

@@ -371,6 +371,8 @@ class LocalCluster:
 
     Its nodes share a cluster secret made for it (``secret_file``, removed by
     :meth:`stop`), so they open peer links to each other as ``pyrokv up``'s do.
+    With ``secret=False`` they get none (``secret_file`` stays None), so text
+    requests for other nodes' buckets go over Pyro5.
 
     >>> with LocalCluster({"foo": "a..m=foo, n..z=bar", "bar": "a..m=foo, n..z=bar"}) as c:  # doctest: +SKIP
     ...     c.ns
@@ -381,9 +383,12 @@ class LocalCluster:
         self,
         nodes: dict[str, str | None],
         extra: dict[str, Sequence[str]] | None = None,
+        *,
+        secret: bool = True,
     ) -> None:
         self.spec = nodes
         self.extra = extra or {}
+        self.secret = secret
         self.nameserver: Child | None = None
         self.nodes: dict[str, Child] = {}
         self.ns: tuple[str, int] = ("127.0.0.1", 0)
@@ -393,11 +398,13 @@ class LocalCluster:
     def start(self) -> LocalCluster:
         """Start the name server, then every node (in parallel); stop all on failure."""
         try:
-            self._private = tempfile.TemporaryDirectory(prefix="pyrokv-cluster-")
-            self.secret_file = write_secret(
-                os.path.join(self._private.name, "cluster.secret")
-            )
-            secret = ["--cluster-secret-file", self.secret_file]
+            secret: list[str] = []
+            if self.secret:
+                self._private = tempfile.TemporaryDirectory(prefix="pyrokv-cluster-")
+                self.secret_file = write_secret(
+                    os.path.join(self._private.name, "cluster.secret")
+                )
+                secret = ["--cluster-secret-file", self.secret_file]
             self.nameserver, self.ns = spawn_nameserver()
             errors: list[BaseException] = []
 

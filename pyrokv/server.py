@@ -534,7 +534,8 @@ class _Connection(asyncio.Protocol):
         self.sent = (verb.name.decode(), _monotonic())
         self.server.stats.routed[hop.owner] += 1
         try:
-            self.server.transport.send(Forward(self, verb, words, line, hop, deadline))
+            transport = self.server.onward if self.framed else self.server.transport
+            transport.send(Forward(self, verb, words, line, hop, deadline))
         except Exception:
             log.exception("could not send a request to node %r", hop.owner)
             self.hold &= ~_WAITING
@@ -802,6 +803,12 @@ class TextServer:
             if peer_links and secret is not None
             else pyro
         )
+        #: How a request that came in on a peer link goes on to a third node:
+        #: over Pyro5, never on another peer link. A peer connection answers its
+        #: lines in order, so it waits while its request goes on; two links that
+        #: each waited for the other (requests routed by tables that differ, as
+        #: during a change) would hold each other until the timeout.
+        self.onward: Transport = pyro
         self._thread = threading.Thread(
             target=self.loop.run_forever, name="pyrokv-text", daemon=True
         )

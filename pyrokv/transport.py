@@ -180,7 +180,9 @@ class PyroLanes:
                 return
 
     def _send(self, batch: list[Forward]) -> list[tuple[ReplySink, bytes]]:
-        """One call per path in ``batch`` (usually one): each request with its reply.
+        """One call per path and table version in ``batch`` (usually one): each
+        request with its reply. (Requests queued across a table switch were routed
+        by two versions: each must carry its own, see :class:`~pyrokv.routing.Hop`.)
 
         Each connection has one routed request in flight at a time, so the order of
         replies across connections does not matter.
@@ -188,9 +190,9 @@ class PyroLanes:
         # Deadlines count from arrival: time spent queued behind other routed
         # requests (a hung owner holds the senders) counts too.
         deadline = min(item.deadline for item in batch)
-        groups: dict[tuple[str, ...], list[Forward]] = {}
+        groups: dict[Hop, list[Forward]] = {}  # one owner: by path and version
         for item in batch:
-            groups.setdefault(item.hop.path, []).append(item)
+            groups.setdefault(item.hop, []).append(item)
         replies: list[tuple[ReplySink, bytes]] = []
         for items in groups.values():
             replies += zip(
