@@ -147,7 +147,11 @@ class _Link(asyncio.Protocol):
             reply = buffer[pos : pos + self.need]
             pos += self.need
             self.need = -1
-            done.append((self.inflight.popleft().sink, reply))
+            item = self.inflight.popleft()
+            if reply == protocol.MOVING:  # it would hold the link: wait over Pyro5
+                self.links.fallback.send(item)
+                continue
+            done.append((item.sink, reply))
         self.buffer = buffer[pos:]
         deliver(done)
 

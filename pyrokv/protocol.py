@@ -37,6 +37,7 @@ __all__ = [
     "FORWARD_WORDS",
     "INTERNAL_ERROR",
     "LINE_TOO_LONG",
+    "MOVING",
     "NODE",
     "NOT_FOUND",
     "OK",
@@ -72,6 +73,12 @@ _MULTILINE = (
     b"ERROR the value holds a line break and cannot be sent as one line; "
     b"read it with the Python client\r\n"
 )
+
+#: The reply to a ``FWD`` line whose bucket's range is still arriving at this node:
+#: the sender sends it again over Pyro5, where it waits on a thread of its own, so
+#: the peer link (whose replies come in order) is not held. No reply to a request
+#: is this line alone (a value comes with OK after it).
+MOVING = b"MOVING\r\n"
 
 #: The first word of a line forwarded node to node (see :func:`forward_line`).
 FORWARD = b"FWD"

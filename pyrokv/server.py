@@ -501,12 +501,12 @@ class _Connection(asyncio.Protocol):
                     raise
                 server.stats.peer_requests.ok[name] += 1
             else:
+                if decision is WAIT:  # the link answers in order: do not hold it
+                    out.append(protocol.framed(protocol.MOVING))
+                    return
                 deadline = _monotonic() + server.routing.limit(budget)
                 self.framed = True
                 request = line.split(None, protocol.FORWARD_WORDS)[-1]
-                if decision is WAIT:
-                    self._park(inner, request, handler[2], deadline, path)
-                    return
                 assert isinstance(decision, Hop)
                 self._send(inner, request, handler[2], decision, deadline, out)
                 return

@@ -384,18 +384,7 @@ def test_requests_crossing_between_nodes_do_not_wait_for_each_other(
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "links",
-    [
-        pytest.param(
-            "peer",
-            marks=pytest.mark.xfail(
-                reason="a request for the moving range parks on the new owner's side "
-                "of the peer link, and the link answers in order: every later request "
-                "on it waits for the hand-off",
-                strict=True,
-            ),
-        ),
-        "pyro5",
-    ],
+    ["peer", "pyro5"],
 )
 def test_requests_for_buckets_that_do_not_move_are_not_paused(links: str) -> None:
     """While a range of 100,000 keys moves from foo to bar, and another client asks
