@@ -52,6 +52,7 @@ log = logging.getLogger("pyrokv.live")
 
 __all__ = [
     "CHUNK_KEYS",
+    "HANDOFF_PACE",
     "Live",
     "Pending",
     "moved_ranges",
@@ -62,6 +63,14 @@ __all__ = [
 #: The most keys one hand-off call carries (a bucket larger than this is sent in
 #: several calls), so each call stays well inside the limits a node accepts.
 CHUNK_KEYS = 4000
+#: While either end of a hand-off serves requests, the sender pauses after each
+#: call for this many times as long as the call took: the hand-off takes at most
+#: 1 / (1 + HANDOFF_PACE) of the time, the requests the rest. With no requests on
+#: either node it does not pause. Measured (benchmarks, case ``move_load``: 8
+#: connections reading buckets that stay while 10^5 keys move, 2 cores): their rate
+#: was 0.55x without pauses, 0.73x with 1.5, 0.79x with 2 (the move 0.6 s, 1.6 s,
+#: 2.5 s).
+HANDOFF_PACE = 2.0
 
 _T = TypeVar("_T")
 
@@ -186,6 +195,10 @@ class Live:
         self._released = threading.Condition()
         self._worker: concurrent.futures.ThreadPoolExecutor | None = None
         self._shipping = threading.Lock()
+        #: Requests this node has served so far (``Stats.served``): a hand-off
+        #: makes room for them (:data:`HANDOFF_PACE`). None: it never pauses.
+        self.served: Callable[[], int] | None = None
+        self._served_at_absorb = 0
 
     # -- the serial thread ---------------------------------------------------------
 
@@ -508,12 +521,22 @@ class Live:
     def _send_chunk(
         self, owner: str, version: int, chunk: list[Any], last: bool, timeout: float
     ) -> None:
+        """One ``table_absorb`` call; then, unless it was the last one, a pause if
+        either node served requests meanwhile (:data:`HANDOFF_PACE`)."""
         me = self.node
-        self._send(
+        served = self.served
+        before = served() if served is not None else 0
+        started = time.monotonic()
+        busy = self._send(
             owner,
             timeout,
             lambda proxy, _left: proxy.table_absorb(version, me, chunk, last),
         )
+        if last:
+            return
+        if busy is True or (served is not None and served() != before):
+            # making room for requests, not waiting for anything
+            time.sleep((time.monotonic() - started) * HANDOFF_PACE)
 
     def _shipped(self, owner: str, version: int, buckets: dict[str, Any]) -> None:
         if self.routing.version != version:
@@ -534,13 +557,17 @@ class Live:
 
     def absorb(
         self, version: int, sender: str, chunk: list[list[Any]], last: bool
-    ) -> None:
-        """Buckets another node hands to this one; ``last``: it has sent them all."""
-        self._serial(self._absorb, int(version), str(sender), chunk, bool(last))
+    ) -> bool:
+        """Buckets another node hands to this one; ``last``: it has sent them all.
+
+        True if this node served requests since the last hand-off call it took:
+        the sender then makes room for them (:data:`HANDOFF_PACE`).
+        """
+        return self._serial(self._absorb, int(version), str(sender), chunk, bool(last))
 
     def _absorb(
         self, version: int, sender: str, chunk: list[list[Any]], last: bool
-    ) -> None:
+    ) -> bool:
         if version > self.routing.version and not self._catch_up(version):
             raise TableChangeError(
                 f"node {self.node!r} is at table version {self.routing.version} and "
@@ -567,6 +594,12 @@ class Live:
             state.waiting.discard(sender)
             if not state.waiting:
                 self._release_held()
+        if self.served is None:
+            return False
+        served = self.served()
+        busy = served != self._served_at_absorb
+        self._served_at_absorb = served
+        return busy
 
     def _release_held(self) -> None:
         routing = self.routing

@@ -324,8 +324,9 @@ class TaskRunner:
     @_exposed
     def table_absorb(
         self, version: int, sender: str, chunk: list[list[Any]], last: bool
-    ) -> None:
-        """Buckets handed to this node by ``sender`` for table ``version``."""
+    ) -> bool:
+        """Buckets handed to this node by ``sender`` for table ``version``; True if
+        this node served requests since the last such call (the sender slows down)."""
         (sender,) = guard.check_path([sender])
         if not isinstance(chunk, list) or not all(
             isinstance(item, list) and len(item) == 3 and isinstance(item[0], str)
@@ -336,7 +337,9 @@ class TaskRunner:
             )
         # decoded here, on this call's thread, not on the node's event loop
         chunk = [[name, unpack_pairs(part), first] for name, part, first in chunk]
-        self._live().absorb(guard.check_version(version) or 0, sender, chunk, last)
+        return self._live().absorb(
+            guard.check_version(version) or 0, sender, chunk, last
+        )
 
     @_exposed
     def tasks(self) -> list[list[str]]:

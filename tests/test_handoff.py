@@ -1,20 +1,28 @@
-"""The pairs a hand-off carries: JSON text for plain keys and values, lists otherwise.
+"""A hand-off: the pairs it carries, and how it makes room for requests.
 
-A move must give every value back with its type, whichever form carried it.
+Pairs travel as JSON text when every key and value is plain, as lists otherwise; a
+move must give every value back with its type, whichever form carried it. While
+either node serves requests, the sender pauses between calls
+(``pyrokv.live.HANDOFF_PACE``); with none, it does not.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
+import time
 from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pyrokv import Client, Cluster, TaskArgumentError
+from pyrokv import Client, Cluster, TaskArgumentError, live
 from pyrokv.cluster import LocalCluster
-from pyrokv.live import pack_pairs, unpack_pairs
+from pyrokv.live import Live, pack_pairs, unpack_pairs
+from pyrokv.registry import Registry
+from pyrokv.routing import Routing
+from pyrokv.table import RoutingTable
 
 PLAIN = st.one_of(
     st.text(),
@@ -113,3 +121,63 @@ def test_a_move_keeps_every_value_and_its_type() -> None:
             got = client.get("cmixed", key)
             assert got == value and type(got) is type(value), (key, got)
         assert math.copysign(1.0, client.get("cmixed", "float")) == -1.0
+
+
+#: How long each hand-off call takes in the pacing tests.
+CALL = 0.05
+
+
+def ship(served: Any, busy: bool | None) -> list[tuple[float, float]]:
+    """Hand 3 chunks of one bucket from node a to node b, each call taking
+    :data:`CALL` seconds and answering ``busy``; each call's start and end."""
+    calls: list[tuple[float, float]] = []
+
+    class Receiver:  # what the router's proxy pool hands a call: b's TaskRunner
+        def table_absorb(self, *args: Any) -> bool | None:
+            start = time.monotonic()
+            time.sleep(CALL)
+            calls.append((start, time.monotonic()))
+            return busy
+
+    node = Live(
+        "a",
+        Registry(),
+        Routing(RoutingTable.parse("a..z=b"), "a"),
+        lambda owner, limit, call: call(Receiver(), limit),
+    )
+    node.served = served
+    node._ship_to("b", 1, {"cat": {f"k{i}": "v" for i in range(3 * live.CHUNK_KEYS)}})
+    return calls
+
+
+def gaps(calls: list[tuple[float, float]]) -> list[float]:
+    """The time between the end of each call and the start of the next."""
+    return [start - end for (_, end), (start, _) in itertools.pairwise(calls)]
+
+
+def test_a_hand_off_with_no_requests_does_not_pause(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No requests on either node (the count stays, the receiver says not busy):
+    the calls follow each other without the pause a busy node gets."""
+    monkeypatch.setattr(live, "CHUNK_KEYS", 10)
+    calls = ship(lambda: 7, False)
+    assert len(calls) == 4  # 3 chunks of 10 keys, then the last call (empty)
+    assert all(gap < CALL * live.HANDOFF_PACE for gap in gaps(calls)), gaps(calls)
+
+
+@pytest.mark.parametrize("where", ["sender", "receiver"])
+def test_a_hand_off_makes_room_for_requests(
+    monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """Requests served on the sender (its count moves) or on the receiver (it says
+    busy): after each call but the last, the sender pauses HANDOFF_PACE times as
+    long as the call took."""
+    monkeypatch.setattr(live, "CHUNK_KEYS", 10)
+    counter = itertools.count()
+    if where == "sender":
+        calls = ship(lambda: next(counter), False)
+    else:
+        calls = ship(lambda: 7, True)
+    assert len(calls) == 4
+    assert all(gap >= CALL * live.HANDOFF_PACE for gap in gaps(calls)), gaps(calls)
