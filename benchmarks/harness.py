@@ -15,11 +15,12 @@ import json
 import os
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from benchmarks.results import Results
 from pyrokv.cluster import Child, LocalCluster
@@ -27,6 +28,9 @@ from pyrokv.durable import DurableRegistry
 from pyrokv.naming import parse_address
 from pyrokv.store import Store
 from pyrokv.testing import Conn
+
+if TYPE_CHECKING:
+    from benchmarks.moves import Mover
 
 __all__ = [
     "BIG_VALUE",
@@ -96,6 +100,9 @@ class BenchOptions:
     api_repeats: int
     api_seconds: float
     cases: list[str]
+    #: the range the move cases move: keys in all, and buckets
+    move_keys: int = 100_000
+    move_buckets: int = 1_000
 
 
 # -- helper processes -----------------------------------------------------------
@@ -259,6 +266,7 @@ class Suite:
         self.attacker: Helper | None = None
         #: Where the durable case keeps its data dirs.
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        self.mover: Mover | None = None
 
     def wants(self, *cases: str) -> bool:
         """Whether this run includes any of ``cases``."""
@@ -313,6 +321,7 @@ class Suite:
             "hostile",
             "metrics",
             "durable",
+            "move_load",
         ):
             self.workers = [
                 self._helper(f"load client {i}", script("loadgen.py"))
@@ -320,7 +329,30 @@ class Suite:
             ]
         if self.wants("hostile"):
             self.attacker = self._helper("attacker", script("loadgen.py"))
-        self.cluster = LocalCluster(nodes, extra).start()
+        moving: threading.Thread | None = None
+        failed: list[BaseException] = []
+        if self.wants("moves", "move_load"):
+            from benchmarks.moves import Mover  # it uses this module
+
+            # its own name server: a change reaches every node registered there
+            self.mover = Mover(self.options.move_keys, self.options.move_buckets)
+
+            def start_mover() -> None:
+                try:
+                    assert self.mover is not None
+                    self.mover.start()
+                except BaseException as exc:
+                    failed.append(exc)
+
+            moving = threading.Thread(target=start_mover, name="start move cluster")
+            moving.start()
+        try:
+            self.cluster = LocalCluster(nodes, extra).start()
+        finally:
+            if moving is not None:
+                moving.join()
+        if failed:
+            raise failed[0]
         for name, child in self.cluster.nodes.items():
             if name in extra:
                 self.addresses[name] = text_address(child)
@@ -416,6 +448,8 @@ class Suite:
         """Stop every process this suite started."""
         for child in list(self.mem_nodes):
             child.stop()
+        if self.mover is not None:
+            self.mover.stop()
         for helper in self.helpers:
             helper.stop()
         if self.cluster is not None:
@@ -431,7 +465,16 @@ class Suite:
         """Requests per second of ``job`` over ``conns`` connections, clients apart."""
         duration = self.options.duration if duration is None else duration
         start = time.time() + self.options.warmup
-        end = start + duration
+        busy = self.start_load(job, conns, start, start + duration)
+        total = sum(int(got["ops"]) for got in self.collect(busy, start + duration))
+        return total / duration
+
+    def start_load(
+        self, job: dict[str, Any], conns: int, start: float, end: float
+    ) -> list[Helper]:
+        """Send ``job`` for the window ``[start, end)`` (``time.time()``) to the load
+        clients, over ``conns`` connections; the clients that run it (for
+        :meth:`collect`)."""
         job = {**job, "start": start, "end": end}
         if client_mode(self.options.clients, job["kind"]) == "processes":
             # one connection a process; past the processes there are, as many
@@ -443,14 +486,20 @@ class Suite:
                     f"{len(self.workers)} load clients"
                 )
             busy = self.workers[: conns if not each else len(self.workers)]
-            for worker in busy:
-                worker.send(json.dumps({**job, "threads": max(each, 1)}))
+            threads = max(each, 1)
+            for i, worker in enumerate(busy):
+                worker.send(
+                    json.dumps({**job, "threads": threads, "first": i * threads})
+                )
         else:
             busy = self.workers[:1]
             busy[0].send(json.dumps({**job, "threads": conns}))
-        timeout = self.options.warmup + duration + 60
-        total = sum(int(worker.result(timeout)["ops"]) for worker in busy)
-        return total / duration
+        return busy
+
+    def collect(self, busy: list[Helper], end: float) -> list[dict[str, Any]]:
+        """The answers of the load clients ``busy`` to a job whose window ends at ``end``."""
+        timeout = max(end - time.time(), 0.0) + 60
+        return [worker.result(timeout) for worker in busy]
 
     def text(
         self,

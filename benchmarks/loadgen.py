@@ -15,6 +15,11 @@ are not counted. Jobs:
     is exactly ``reply``; ``depth`` requests are kept in flight on each connection.
     With ``"unique": true`` the request holds ``%d``, a number each request takes
     anew (``PUT b k%d v``: every PUT writes a key of its own).
+    Optional: ``"targets": [[H, P, REQUEST], ...]``: connection ``first + i`` (``first``
+    defaults to 0) goes to target ``(first + i) % len(targets)`` instead, with its
+    request; ``"bin": S``: the result also counts the replies in each ``S``-second
+    bin of the window (``"bins": [n, ...]``), so the caller can take the rate of any
+    part of it.
 
 ``{"kind": "pyro", "uri": U, "method": "get", "args": [...], "expect": V, "threads": 1, ...}``
     ``threads`` Pyro5 proxies (one thread each), each reused for every call.
@@ -39,6 +44,7 @@ Two more jobs run hostile connections in the background, for the ``hostile`` cas
 from __future__ import annotations
 
 import json
+import math
 import os
 import select
 import socket
@@ -61,14 +67,22 @@ MALFORMED = [
 ]
 
 
-def _text_worker(job: dict[str, Any], counts: list[int], slot: int) -> None:
-    request = job["request"].encode("latin-1")
+def _text_worker(
+    job: dict[str, Any], counts: list[int], slot: int, bins: list[list[int]]
+) -> None:
+    host, port, line = job.get("host"), job.get("port"), job.get("request")
+    targets = job.get("targets")
+    if targets:
+        host, port, line = targets[(int(job.get("first", 0)) + slot) % len(targets)]
+    request = str(line).encode("latin-1")
     reply = job["reply"].encode("latin-1")
     depth = int(job.get("depth", 1))
     start, end = float(job["start"]), float(job["end"])
+    width = float(job.get("bin") or 0)
+    mine = bins[slot]
     size = len(reply)
     clock = time.time
-    with socket.create_connection((job["host"], int(job["port"])), timeout=30) as sock:
+    with socket.create_connection((str(host), int(str(port))), timeout=30) as sock:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         recv, sendall = sock.recv, sock.sendall
         replies = [reply * k for k in range(depth + 1)]
@@ -106,11 +120,15 @@ def _text_worker(job: dict[str, Any], counts: list[int], slot: int) -> None:
                 break
             if now >= start:
                 done += k
+                if width:
+                    mine[min(int((now - start) / width), len(mine) - 1)] += k
             send(k)
     counts[slot] = done
 
 
-def _pyro_worker(job: dict[str, Any], counts: list[int], slot: int) -> None:
+def _pyro_worker(
+    job: dict[str, Any], counts: list[int], slot: int, bins: list[list[int]]
+) -> None:
     from Pyro5.api import Proxy, config
 
     config.SERIALIZER = "serpent"
@@ -142,11 +160,18 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     target = {"text": _text_worker, "pyro": _pyro_worker}[job["kind"]]
     threads = int(job.get("threads", 1))
     counts = [0] * threads
+    width = float(job.get("bin") or 0)
+    nbins = (
+        max(1, math.ceil((float(job["end"]) - float(job["start"])) / width))
+        if width
+        else 0
+    )
+    bins = [[0] * nbins for _ in range(threads)]
     errors: list[str] = []
 
     def guarded(slot: int) -> None:
         try:
-            target(job, counts, slot)
+            target(job, counts, slot, bins)
         except BaseException:
             errors.append(traceback.format_exc())
 
@@ -160,7 +185,13 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
             thread.join()
     if errors:
         return {"error": errors[0]}
-    return {"ops": sum(counts), "seconds": float(job["end"]) - float(job["start"])}
+    result: dict[str, Any] = {
+        "ops": sum(counts),
+        "seconds": float(job["end"]) - float(job["start"]),
+    }
+    if width:
+        result["bins"] = [sum(column) for column in zip(*bins, strict=True)]
+    return result
 
 
 class Attack:

@@ -56,6 +56,12 @@ Cases (``--only`` takes these names, comma-separated):
 - ``metrics``: text GET on the owner over 8 connections, a node with ``--metrics``
   (scraped once a round) against foo without; target >= 0.95x (issue "Operable and
   pleasant": run it with ``--rounds 5``).
+- ``moves``: one ``Cluster.set_table`` moving range ``c`` (10^5 keys in 1,000
+  buckets; 10^4 in 100 with ``--quick``) between nodes ``mv1`` and ``mv2`` of a
+  cluster of their own, with no other load; target <= 2 s (issue 11).
+- ``move_load``: 8 connections GET buckets that stay while range ``c`` moves in
+  the middle of their window, against their rate before and after the move in the
+  same window; targets >= 0.6x and the move <= 10 s (issue 11).
 
 Eight connections come, by default (``--clients auto``), from 8 threads of one client
 process for the text protocol and from 8 client processes for Pyro5: on a 2-core
@@ -86,7 +92,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if __package__ in (None, ""):  # run as `python benchmarks/run.py`
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import cases  # noqa: E402
+from benchmarks import cases, moves  # noqa: E402
 from benchmarks.harness import (  # noqa: E402
     BenchError,
     BenchOptions,
@@ -107,6 +113,8 @@ CASES: dict[str, Callable[[Suite, int], None]] = {
     "hostile": cases.hostile,
     "metrics": cases.metrics,
     "durable": cases.durable,
+    "moves": moves.moves,
+    "move_load": moves.move_load,
 }
 
 
@@ -179,6 +187,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[BenchOptions, argparse.Names
         warmup=0.05 if quick else 0.1,
         clients=args.clients,
         mem_keys=args.mem_keys or (10_000 if quick else 1_000_000),
+        move_keys=10_000 if quick else 100_000,
+        move_buckets=100 if quick else 1_000,
         key_sizes=[1_000, 10_000] if quick else [1_000, 1_000_000],
         api_calls=2_000 if quick else 20_000,
         api_repeats=3 if quick else 7,

@@ -39,7 +39,11 @@ __all__ = ["DEFAULT_CHANGE_TIMEOUT", "Cluster", "node_states"]
 #: Longer than this past its own timeout, a prepared change that was never applied
 #: (its coordinator died) no longer holds the nodes.
 LEASE_MARGIN = 5.0
+#: While a change runs, the coordinator looks at the nodes every _POLL seconds at
+#: first, then less often (a 20th of the time the change has taken, at most
+#: _POLL_MAX): each look is a call every node answers while it hands off.
 _POLL = 0.02
+_POLL_MAX = 0.25
 
 
 def _call(uri: Any, node: str, timeout: float, method: str, *args: Any) -> Any:
@@ -51,6 +55,28 @@ def _call(uri: Any, node: str, timeout: float, method: str, *args: Any) -> Any:
             return getattr(proxy, method)(*args)
     except Pyro5.errors.CommunicationError as exc:
         raise translate(exc, node, limit=timeout, location=uri.location) from None
+
+
+def _look(proxies: dict[str, Proxy], uri: Any, node: str, timeout: float) -> Any:
+    """``table_state`` of ``node`` on its connection in ``proxies`` (made on first
+    use; dropped when it fails, so the next look connects again)."""
+    proxy = proxies.get(node)
+    try:
+        if proxy is None:
+            proxy = Proxy(uri)
+            proxy._pyroTimeout = timeout
+            proxy._pyroBind()
+            check_certificate(proxy, node)
+            proxies[node] = proxy
+        proxy._pyroTimeout = timeout
+        return proxy.table_state()
+    except Exception as exc:
+        proxies.pop(node, None)
+        if proxy is not None:
+            proxy._pyroRelease()
+        if isinstance(exc, Pyro5.errors.CommunicationError):
+            raise translate(exc, node, limit=timeout, location=uri.location) from None
+        raise
 
 
 def node_states(
@@ -378,30 +404,35 @@ class Cluster:
         errors: dict[str, str],
         runs: list[tuple[int, int, str | None, str | None]],
     ) -> dict[str, dict[str, Any]]:
-        """Poll every node until all are at ``version`` and complete."""
+        """Poll every node until all are at ``version`` and complete (one
+        connection to each node for all the looks)."""
         states: dict[str, dict[str, Any]] = {}
-        while True:
-            left = deadline - time.monotonic()
-            pending = [n for n in participants if not _done(states.get(n), version)]
-            if not pending:
-                return states
-            if left <= 0:
-                raise TableChangeError(
-                    self._incomplete(states, participants, version, errors, runs)
-                )
-            for node in pending:
-                try:
-                    states[node] = _call(
-                        uris[node],
-                        node,
-                        min(self.timeout, max(left, 0.1)),
-                        "table_state",
+        proxies: dict[str, Proxy] = {}
+        started = time.monotonic()
+        try:
+            while True:
+                left = deadline - time.monotonic()
+                pending = [n for n in participants if not _done(states.get(n), version)]
+                if not pending:
+                    return states
+                if left <= 0:
+                    raise TableChangeError(
+                        self._incomplete(states, participants, version, errors, runs)
                     )
-                    errors.pop(node, None)
-                except Exception as exc:
-                    errors[node] = f"{type(exc).__name__}: {exc}"
-            if any(not _done(states.get(n), version) for n in participants):
-                time.sleep(_POLL)  # the nodes move on their own; look again soon
+                for node in pending:
+                    limit = min(self.timeout, max(left, 0.1))
+                    try:
+                        states[node] = _look(proxies, uris[node], node, limit)
+                        errors.pop(node, None)
+                    except Exception as exc:
+                        errors[node] = f"{type(exc).__name__}: {exc}"
+                if any(not _done(states.get(n), version) for n in participants):
+                    # the nodes move on their own; look again soon
+                    took = time.monotonic() - started
+                    time.sleep(min(max(_POLL, took / 20), _POLL_MAX))
+        finally:
+            for proxy in proxies.values():
+                proxy._pyroRelease()
 
     @staticmethod
     def _incomplete(

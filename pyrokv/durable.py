@@ -130,6 +130,30 @@ class DurableRegistry(Registry):
                 self._buckets[name] = dict(items)
                 store.append((INSTALL, name, dict(items)))
 
+    def merge(self, buckets: dict[str, dict[Any, Any]]) -> None:
+        """Add the keys of ``buckets`` to the buckets of the same name (the rest of
+        a bucket handed off in several parts), in memory and in the store."""
+        if self._always:
+            with self.store.mutex:
+                whole = {
+                    name: {**self._buckets.get(name, {}), **items}
+                    for name, items in buckets.items()
+                }
+            self._wait(self.start_install, whole)
+            return
+        store = self.store
+        with store.mutex:
+            self._refuse_if_failing()
+            for name, items in buckets.items():
+                bucket = self._buckets.get(name)
+                if bucket is None:
+                    self._buckets[name] = dict(items)
+                    store.append((INSTALL, name, dict(items)))
+                    continue
+                for key, value in items.items():
+                    bucket[key] = value
+                    store.append((PUT, name, key, value))
+
     # -- fsync = always: start a write, answer once it is on disk -----------------
 
     def deferred(self, method: str) -> Callable[..., None] | None:

@@ -439,6 +439,7 @@ def _start_node(
     daemon.register(registry, naming.registry_name(name))
     daemon.register(runner, naming.tasks_name(name))
     handle = NodeHandle(name, daemon, registry, runner, router, ns)
+    router.live.served = handle.stats.served  # a hand-off makes room for requests
     if listen is not None:
         try:
             handle.text = TextServer(

@@ -27,6 +27,7 @@ from .errors import (
     TaskNotAllowedError,
     UndecodableReplyError,
 )
+from .live import unpack_pairs
 from .routing import HERE, WAIT, Hop
 from .stats import Stats
 
@@ -324,20 +325,22 @@ class TaskRunner:
     @_exposed
     def table_absorb(
         self, version: int, sender: str, chunk: list[list[Any]], last: bool
-    ) -> None:
-        """Buckets handed to this node by ``sender`` for table ``version``."""
+    ) -> bool:
+        """Buckets handed to this node by ``sender`` for table ``version``; True if
+        this node served requests since the last such call (the sender slows down)."""
         (sender,) = guard.check_path([sender])
         if not isinstance(chunk, list) or not all(
-            isinstance(item, list)
-            and len(item) == 3
-            and isinstance(item[0], str)
-            and isinstance(item[1], list)
+            isinstance(item, list) and len(item) == 3 and isinstance(item[0], str)
             for item in chunk
         ):
             raise TaskArgumentError(
                 "a hand-off is [[bucket, [[key, value], ...], first]]"
             )
-        self._live().absorb(guard.check_version(version) or 0, sender, chunk, last)
+        # decoded here, on this call's thread, not on the node's event loop
+        chunk = [[name, unpack_pairs(part), first] for name, part, first in chunk]
+        return self._live().absorb(
+            guard.check_version(version) or 0, sender, chunk, last
+        )
 
     @_exposed
     def tasks(self) -> list[list[str]]:

@@ -94,6 +94,16 @@ class Stats:
             merged.error[verb] += error
         return merged
 
+    def served(self) -> int:
+        """Every request counted so far: from clients, from other nodes, sent on."""
+        local = sum(ok + error for ok, error in list(self.local.values()))
+        return (
+            self.requests.total()
+            + self.peer_requests.total()
+            + sum(self.routed.values())
+            + local
+        )
+
     def errors(self) -> int:
         """Requests from clients that failed."""
         return sum(self.client_requests().error.values())
