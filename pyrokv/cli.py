@@ -710,13 +710,25 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
         if args.prune:
             for row in rows:
                 row["pruned"] = pruned.get(row["name"], False)
-        print(json.dumps(rows, indent=2))
+        print(
+            json.dumps(
+                [{k: v for k, v in row.items() if k != "aside"} for row in rows],
+                indent=2,
+            )
+        )
     elif not rows:
         print(f"no nodes registered in the name server at {host}:{port}")
     else:
         _print_status(rows)
         for row in down:
             print(f"{row['name']} is down: {row['reason']}")
+        for row in rows:
+            if row.get("aside"):
+                print(
+                    f"{row['name']} keeps {row['aside']} buckets aside that another "
+                    "node owns (not served): their owner could not be reached when "
+                    f"{row['name']} started; they move at the next table change"
+                )
         for row in down:
             if row["name"] not in pruned:
                 continue
@@ -758,6 +770,7 @@ def _node_rows(nodes: dict[str, Any], settings: Settings) -> list[dict[str, Any]
             "state": "alive" if alive else "down",
             "reason": None if alive else status.get("error", "no answer"),
             **{key: status.get(key) if alive else None for key in STATUS_FIELDS[5:]},
+            "aside": status.get("aside") if alive else None,  # printed, not in JSON
         }
 
     if not nodes:

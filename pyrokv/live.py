@@ -348,9 +348,65 @@ class Live:
         self._serial(self._adopt, Pending(version, table, (self.node,), "join", 0.0))
 
     def _adopt(self, pending: Pending) -> None:
-        self._switch(pending)
-        if self.state.outbox:
-            self._ship_soon()
+        """Route by ``pending``'s table; unlike a change, keep every bucket where
+        it is (see :meth:`hand_off_strays`)."""
+        routing = self.routing
+        old = routing.table
+        routing.switch(pending.table, pending.version, frozenset())
+        self.state = _State(previous=old.spec(), participants=(self.node,))
+        self.pending = None
+        for callback in self.on_switch:
+            callback(pending.version, pending.table)
+
+    def strays(self) -> dict[str, dict[str, dict[Any, Any]]]:
+        """The buckets this node holds that another node owns, per owner: copies."""
+        return self._serial(self._strays)
+
+    def _strays(self) -> dict[str, dict[str, dict[Any, Any]]]:
+        table = self.routing.table
+        found: dict[str, dict[str, dict[Any, Any]]] = {}
+        registry = self.registry
+        for name in registry.buckets():
+            owner = _owner(table, name)
+            if owner not in (self.node, None):
+                found.setdefault(owner, {})[name] = dict(registry._buckets[name])
+        return found
+
+    def hand_off_strays(self) -> dict[str, str]:
+        """Send the buckets this node holds but does not own to their owners (a
+        node that started with buckets in its data dir that the table gives
+        elsewhere); each owner's buckets leave this node once it has them. The
+        owner keeps what it has of a bucket and adds the keys it lacks. Returns
+        why, for each owner that could not be reached (its buckets stay here,
+        aside: no request is routed to them here)."""
+        version = self.routing.version
+        failed: dict[str, str] = {}
+        for owner, buckets in self.strays().items():
+            try:
+                self._ship_to(owner, version, buckets, keep=True)
+            except Exception as exc:
+                failed[owner] = f"{type(exc).__name__}: {exc}"
+                continue
+            self._serial(self.registry.extract, list(buckets))
+            log.info(
+                "node %r handed %d buckets it held to their owner %r",
+                self.node,
+                len(buckets),
+                owner,
+            )
+        return failed
+
+    def aside(self) -> int:
+        """How many buckets this node holds that another node owns (kept aside)."""
+        return self._serial(self._aside)
+
+    def _aside(self) -> int:
+        table = self.routing.table
+        return sum(
+            1
+            for name in list(self.registry._buckets)
+            if _owner(table, name) not in (self.node, None)
+        )
 
     def release(self, token: str) -> None:
         """Forget a prepared change of ``token`` that was not applied; of one that was
@@ -516,7 +572,9 @@ class Live:
         owners.discard(self.node)
         return [(owner, dict(state.outbox.get(owner, {}))) for owner in sorted(owners)]
 
-    def _ship_to(self, owner: str, version: int, buckets: dict[str, Any]) -> None:
+    def _ship_to(
+        self, owner: str, version: int, buckets: dict[str, Any], *, keep: bool = False
+    ) -> None:
         chunk: list[list[Any]] = []
         size = 0
         timeout = self.routing.timeout
@@ -529,12 +587,18 @@ class Live:
                 first = False
                 size += len(part)
                 if size >= CHUNK_KEYS:
-                    self._send_chunk(owner, version, chunk, False, timeout)
+                    self._send_chunk(owner, version, chunk, False, timeout, keep)
                     chunk, size = [], 0
-        self._send_chunk(owner, version, chunk, True, timeout)
+        self._send_chunk(owner, version, chunk, True, timeout, keep)
 
     def _send_chunk(
-        self, owner: str, version: int, chunk: list[Any], last: bool, timeout: float
+        self,
+        owner: str,
+        version: int,
+        chunk: list[Any],
+        last: bool,
+        timeout: float,
+        keep: bool = False,
     ) -> None:
         """One ``table_absorb`` call; then, unless it was the last one, a pause if
         either node served requests meanwhile (:data:`HANDOFF_PACE`)."""
@@ -545,7 +609,7 @@ class Live:
         busy = self._send(
             owner,
             timeout,
-            lambda proxy, _left: proxy.table_absorb(version, me, chunk, last),
+            lambda proxy, _left: proxy.table_absorb(version, me, chunk, last, keep),
         )
         if last:
             return
@@ -571,17 +635,29 @@ class Live:
             self.state.failed.update(failed)
 
     def absorb(
-        self, version: int, sender: str, chunk: list[list[Any]], last: bool
+        self,
+        version: int,
+        sender: str,
+        chunk: list[list[Any]],
+        last: bool,
+        keep: bool = False,
     ) -> bool:
         """Buckets another node hands to this one; ``last``: it has sent them all.
 
         True if this node served requests since the last hand-off call it took:
         the sender then makes room for them (:data:`HANDOFF_PACE`).
         """
-        return self._serial(self._absorb, int(version), str(sender), chunk, bool(last))
+        return self._serial(
+            self._absorb, int(version), str(sender), chunk, bool(last), bool(keep)
+        )
 
     def _absorb(
-        self, version: int, sender: str, chunk: list[list[Any]], last: bool
+        self,
+        version: int,
+        sender: str,
+        chunk: list[list[Any]],
+        last: bool,
+        keep: bool = False,
     ) -> bool:
         if version > self.routing.version and not self._catch_up(version):
             raise TableChangeError(
@@ -610,6 +686,22 @@ class Live:
                 whole[name].update(items)
             else:
                 rest[name] = items
+        if keep:  # a restarted node's old copies: what is here stays, the rest adds
+            here = self.registry._buckets
+            missing: dict[str, dict[Any, Any]] = {}
+            for parts in (whole, rest):
+                for name, items in parts.items():
+                    if name in here:
+                        missing[name] = {
+                            k: v for k, v in items.items() if k not in here[name]
+                        }
+                    elif name in missing:
+                        missing[name].update(items)
+            whole = {name: items for name, items in whole.items() if name not in here}
+            rest = {n: items for n, items in missing.items() if n in here}
+            for name, items in rest.items():  # parts after a first part installed
+                if name in whole:
+                    whole[name].update(items)
         self.registry.install(whole)
         self.registry.merge(rest)
         if stray:

@@ -537,36 +537,73 @@ def _text_tls(
     return tls.text_context(verify_client)
 
 
+#: The meta keys under which a node keeps its table version and table (in its data
+#: dir when it has one).
+META_VERSION = "table_version"
+META_TABLE = "table"
+
+
 def _join_cluster_table(handle: NodeHandle) -> None:
     """From version 1 on, a node that starts takes the cluster's table, whatever
-    its own: the highest version a live node is at (the name server's copy says
-    which version to expect). With no live node at version 1 or more, the node
-    routes by its own table at version 0."""
+    its own: the highest version a live node is at, or the one in its data dir if
+    that is higher (a node with a data dir keeps its version across restarts).
+    With neither at version 1 or more, the node routes by its own table at
+    version 0. Buckets it holds (from its data dir) that another node owns by that
+    table are handed to their owner before it registers; those whose owner cannot
+    be reached are kept aside, never served (``pyrokv status`` reports them).
+    Every later switch is kept in the meta values."""
     from .changes import node_states
 
     live = handle.router.live
     assert live is not None
+    stored = int(handle.meta_get(META_VERSION, 0) or 0)
+    stored_table = handle.meta_get(META_TABLE)
     try:
         alive, _down, _uris = node_states(
             handle.ns, min(handle.router.timeout, 2.0), skip=handle.name
         )
-    except Exception as exc:  # no name server yet: start alone, at version 0
+    except Exception as exc:  # no name server yet: start alone
         log.debug("no table to join: %s", exc)
-        return
+        alive = {}
     best = max(alive.values(), key=lambda s: s["version"], default=None)
-    if best is None or best["version"] < 1:
-        return
-    table = RoutingTable.parse(best["table"])
     own = handle.router.table
-    live.adopt(best["version"], table)
-    log.info(
-        "node %r takes the cluster's table, version %d: %s (instead of its own "
-        "table %s)",
-        handle.name,
-        best["version"],
-        table.spec() or "(empty)",
-        own.spec() or "(empty)",
-    )
+    if best is not None and best["version"] >= max(stored, 1):
+        version, table = best["version"], RoutingTable.parse(best["table"])
+        whence = "the cluster's table"
+    elif stored >= 1 and isinstance(stored_table, str):
+        version, table = stored, RoutingTable.parse(stored_table)
+        whence = "the table in its data dir"
+    else:
+        version = 0
+    if version >= 1:
+        live.adopt(version, table)
+        log.info(
+            "node %r takes %s, version %d: %s (instead of its own table %s)",
+            handle.name,
+            whence,
+            version,
+            table.spec() or "(empty)",
+            own.spec() or "(empty)",
+        )
+        failed = live.hand_off_strays()
+        for owner, why in failed.items():
+            log.warning(
+                "node %r keeps aside the buckets of node %r it holds (%s): they are "
+                "not served; they go to %r at the next table change, or when this "
+                "node starts again",
+                handle.name,
+                owner,
+                why,
+                owner,
+            )
+
+    def keep(version: int, table: RoutingTable) -> None:
+        handle.meta_set(META_VERSION, version)
+        handle.meta_set(META_TABLE, table.spec())
+
+    live.on_switch.append(keep)
+    if version >= 1 and stored != version:
+        keep(version, table)
 
 
 def read_password(path: str) -> str:

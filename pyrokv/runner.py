@@ -270,6 +270,9 @@ class TaskRunner:
             "node": self.node,
             "table": router.table.spec() if router is not None else "",
             "table_version": router.routing.version if router is not None else 0,
+            "aside": router.live.aside()
+            if router is not None and router.live is not None
+            else 0,
             "buckets": registry.count(),
             "keys": registry.key_count(),
             "allow": self.allow,
@@ -324,10 +327,16 @@ class TaskRunner:
 
     @_exposed
     def table_absorb(
-        self, version: int, sender: str, chunk: list[list[Any]], last: bool
+        self,
+        version: int,
+        sender: str,
+        chunk: list[list[Any]],
+        last: bool,
+        keep: bool = False,
     ) -> bool:
         """Buckets handed to this node by ``sender`` for table ``version``; True if
-        this node served requests since the last such call (the sender slows down)."""
+        this node served requests since the last such call (the sender slows down).
+        ``keep``: a restarted node's old copies: keys this node has stay as they are."""
         (sender,) = guard.check_path([sender])
         if not isinstance(chunk, list) or not all(
             isinstance(item, list) and len(item) == 3 and isinstance(item[0], str)
@@ -339,7 +348,7 @@ class TaskRunner:
         # decoded here, on this call's thread, not on the node's event loop
         chunk = [[name, unpack_pairs(part), first] for name, part, first in chunk]
         return self._live().absorb(
-            guard.check_version(version) or 0, sender, chunk, last
+            guard.check_version(version) or 0, sender, chunk, bool(last), bool(keep)
         )
 
     @_exposed
