@@ -240,35 +240,45 @@ class Gate:
     it decides and leaves (:meth:`leave`) when the task is done. A switch swaps the table,
     then flips (:meth:`flip`): it waits until every thread that entered before it has
     left, so none of them still writes to a bucket the switch hands away. Threads
-    that enter after the flip read the new table. Two counters (the generation
-    flips), so a steady stream of new requests never makes a switch wait for ever.
+    that enter after the flip read the new table. Two generations (the flip
+    alternates them), so a steady stream of new requests never makes a switch wait
+    for ever.
+
+    Entering and leaving take no lock, so a task pays little for it: a thread
+    appends to the current generation's list and pops from the same list when it
+    leaves (each one step, atomic under the GIL and on free-threaded builds); only
+    :meth:`flip` takes the lock, and a thread that leaves the list a flip waits
+    for, empty, wakes it.
     """
 
-    __slots__ = ("_count", "_gen", "_idle", "_lock")
+    __slots__ = ("_flipping", "_gen", "_idle", "_inside")
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._idle = threading.Condition(self._lock)
+        self._idle = threading.Condition(threading.Lock())
         self._gen = 0
-        self._count = [0, 0]
+        self._inside: tuple[list[None], list[None]] = ([], [])
+        self._flipping = False
 
-    def enter(self) -> int:
+    def enter(self) -> list[None]:
         """Count this thread in; returns the ticket :meth:`leave` takes."""
-        with self._lock:
-            gen = self._gen
-            self._count[gen] += 1
-            return gen
+        inside = self._inside[self._gen]
+        inside.append(None)
+        return inside
 
-    def leave(self, ticket: int) -> None:
+    def leave(self, ticket: list[None]) -> None:
         """Count this thread out."""
-        with self._lock:
-            self._count[ticket] -= 1
-            if not self._count[ticket] and ticket != self._gen:
+        ticket.pop()
+        if self._flipping and not ticket:
+            with self._idle:
                 self._idle.notify_all()
 
     def flip(self, timeout: float) -> bool:
         """Wait (up to ``timeout`` s) for every thread that entered before now."""
-        with self._lock:
-            old = self._gen
-            self._gen = old ^ 1
-            return self._idle.wait_for(lambda: not self._count[old], timeout)
+        with self._idle:
+            old = self._inside[self._gen]
+            self._flipping = True
+            self._gen ^= 1
+            try:
+                return self._idle.wait_for(lambda: not old, timeout)
+            finally:
+                self._flipping = False
