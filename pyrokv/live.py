@@ -138,6 +138,8 @@ class _State:
     #: per slot: buckets and keys this node handed away at this version
     sent: dict[int, _Counts] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)  # owner -> why not shipped
+    #: buckets of held slots whose every part has arrived: served already
+    arrived: set[str] = field(default_factory=set)
     #: the change that made this version, and until when its coordinator drives
     #: it (0 once it gave up): an incomplete change past that stopped half-way
     token: str = ""
@@ -583,7 +585,8 @@ class Live:
             first = True
             for start in range(0, max(len(pairs), 1), CHUNK_KEYS):
                 part = pairs[start : start + CHUNK_KEYS]
-                chunk.append([name, pack_pairs(part), first])
+                whole = start + CHUNK_KEYS >= len(pairs)  # its last part
+                chunk.append([name, pack_pairs(part), first, whole])
                 first = False
                 size += len(part)
                 if size >= CHUNK_KEYS:
@@ -670,7 +673,8 @@ class Live:
         rest: dict[str, dict[Any, Any]] = {}  # later parts of a bucket: add to it
         outbox = self.state.outbox
         stray = False
-        for name, pairs, first in chunk:
+        complete: set[str] = set()
+        for name, pairs, first, *end in chunk:
             items = dict(pairs)  # [[key, value], ...]
             owner = _owner(table, name)
             if owner not in (me, None):  # routed by an older table: not ours now
@@ -680,30 +684,43 @@ class Live:
                 else:
                     box[name].update(items)
                 stray = True
-            elif first:
+                continue
+            if end and end[0]:
+                complete.add(name)
+            if first:
                 whole[name] = items
             elif name in whole:
                 whole[name].update(items)
             else:
-                rest[name] = items
-        if keep:  # a restarted node's old copies: what is here stays, the rest adds
-            here = self.registry._buckets
-            missing: dict[str, dict[Any, Any]] = {}
-            for parts in (whole, rest):
-                for name, items in parts.items():
-                    if name in here:
-                        missing[name] = {
-                            k: v for k, v in items.items() if k not in here[name]
-                        }
-                    elif name in missing:
-                        missing[name].update(items)
-            whole = {name: items for name, items in whole.items() if name not in here}
-            rest = {n: items for n, items in missing.items() if n in here}
-            for name, items in rest.items():  # parts after a first part installed
-                if name in whole:
-                    whole[name].update(items)
-        self.registry.install(whole)
-        self.registry.merge(rest)
+                rest.setdefault(name, {}).update(items)
+        # What is here stays, and only missing keys are added, for a restarted
+        # node's old copies (keep) and for a bucket served since it arrived (a
+        # part sent again: its writes since must not be undone).
+        here = self.registry._buckets
+        arrived = self.state.arrived
+        install: dict[str, dict[Any, Any]] = {}
+        add: dict[str, dict[Any, Any]] = {}
+        for parts, replace in ((whole, True), (rest, False)):
+            for name, items in parts.items():
+                if name in arrived or (keep and name in here):
+                    have = here.get(name, {})
+                    add.setdefault(name, {}).update(
+                        (k, v) for k, v in items.items() if k not in have
+                    )
+                elif replace:
+                    install[name] = items
+                else:
+                    add.setdefault(name, {}).update(items)
+        self.registry.install(install)
+        self.registry.merge(add)
+        held = self.routing.held
+        newly = {n for n in complete - arrived if held and table.slot(n) in held}
+        if newly:  # each bucket is served as soon as all of it is here
+            arrived |= newly
+            if self.on_release is not None:
+                self.on_release()
+            with self._released:
+                self._released.notify_all()
         if stray:
             self._ship_soon()
         if last and version == self.routing.version:
@@ -734,12 +751,23 @@ class Live:
         with self._released:
             self._released.notify_all()
 
-    def wait_released(self, slot: int, deadline: float) -> bool:
-        """Block (a thread, not the loop) until ``slot`` is no longer held, or the
-        deadline passes; True if it was released."""
+    def ready(self, bucket: str | bytes) -> bool:
+        """Whether ``bucket``, of a held slot, has arrived whole: it is served."""
+        arrived = self.state.arrived
+        if not arrived:
+            return False
+        if isinstance(bucket, bytes):
+            bucket = bucket.decode("utf-8", "surrogateescape")
+        return bucket in arrived
+
+    def wait_released(self, bucket: str | bytes, deadline: float) -> bool:
+        """Block (a thread, not the loop) until ``bucket`` may be served (its slot
+        is no longer held, or all of it arrived), or the deadline passes; True if
+        it may."""
+        slot = self.routing.table.slot(bucket)
         with self._released:
             return self._released.wait_for(
-                lambda: slot not in self.routing.held,
+                lambda: slot not in self.routing.held or self.ready(bucket),
                 max(deadline - time.monotonic(), 0.0),
             )
 

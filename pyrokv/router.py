@@ -195,7 +195,7 @@ class Router:
             ticket = gate.enter()  # a switch waits for tasks that decided before it
             try:
                 decision = routing.decide(bucket, path)
-                if decision is HERE:
+                if decision is HERE or (decision is WAIT and self.ready(bucket)):
                     return self.local(func, args, kwargs)  # type: ignore[misc]
             finally:
                 gate.leave(ticket)
@@ -207,12 +207,16 @@ class Router:
         assert isinstance(decision, Hop)
         return self.send(decision, bucket, func, args, kwargs, deadline)
 
+    def ready(self, bucket: str | bytes) -> bool:
+        """Whether ``bucket``, in a range moving to this node, has arrived whole
+        (it is served before the rest of its range)."""
+        return self.live is not None and self.live.ready(bucket)
+
     def wait_for_data(self, bucket: str | bytes, deadline: float) -> None:
         """Wait until the range of ``bucket``, moving to this node, has its data;
         :class:`HandOffPendingError` at the deadline."""
         live = self.live
-        slot = self.routing.table.slot(bucket)
-        if live is not None and live.wait_released(slot, deadline):
+        if live is not None and live.wait_released(bucket, deadline):
             return
         waiting = live.waiting_for() if live is not None else []
         raise HandOffPendingError(

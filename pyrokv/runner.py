@@ -211,7 +211,7 @@ class TaskRunner:
                         later.append(index)  # behind an item of its range
                         continue
                     decision = routing.decide(bucket, routed_path)
-                    if decision is HERE:
+                    if decision is HERE or (decision is WAIT and router.ready(bucket)):
                         results[index] = [True, router.local(func, args, None)]  # type: ignore[misc]
                         continue
                     if decision is WAIT:
@@ -339,14 +339,14 @@ class TaskRunner:
         ``keep``: a restarted node's old copies: keys this node has stay as they are."""
         (sender,) = guard.check_path([sender])
         if not isinstance(chunk, list) or not all(
-            isinstance(item, list) and len(item) == 3 and isinstance(item[0], str)
+            isinstance(item, list) and len(item) in (3, 4) and isinstance(item[0], str)
             for item in chunk
         ):
             raise TaskArgumentError(
-                "a hand-off is [[bucket, [[key, value], ...], first]]"
+                "a hand-off is [[bucket, [[key, value], ...], first, last part]]"
             )
         # decoded here, on this call's thread, not on the node's event loop
-        chunk = [[name, unpack_pairs(part), first] for name, part, first in chunk]
+        chunk = [[name, unpack_pairs(part), *rest] for name, part, *rest in chunk]
         return self._live().absorb(
             guard.check_version(version) or 0, sender, chunk, bool(last), bool(keep)
         )

@@ -347,10 +347,28 @@ class _Connection(asyncio.Protocol):
             return
         deadline = _monotonic() + routing.timeout
         if decision is WAIT:
+            if self.server.router.ready(words[1]):  # arrived whole: served here
+                self._here(words, verb, out)
+                return
             self._park(words, line, verb, deadline, ())
             return
         assert isinstance(decision, Hop)
         self._send(words, line, verb, decision, deadline, out)
+
+    def _here(self, words: list[bytes], verb: Verb, out: list[bytes]) -> None:
+        """A request for a bucket of this node, off the hot path (a bucket that
+        arrived whole while the rest of its range is still moving here)."""
+        handler = self.server.handlers[words[0]]
+        try:
+            reply = handler[1](words)
+            if reply.__class__ is not bytes:  # a write waits for the disk
+                self._wait_for_disk(reply, verb)
+                return
+            handler[3][0] += 1
+        except Exception as exc:
+            reply = protocol.error_reply(exc)
+            handler[3][1] += 1
+        out.append(reply)
 
     def _other(self, words: list[bytes], line: bytes, out: list[bytes]) -> None:
         """A line that is not a bucket verb this connection may run now: the node
@@ -488,6 +506,8 @@ class _Connection(asyncio.Protocol):
             if version != server.routing.version:  # the one compare a version costs
                 path = server.router.catch_up(version, path)  # type: ignore[assignment]
             decision = server.routing.decide(bucket, path)
+            if decision is WAIT and server.router.ready(bucket):
+                decision = HERE  # arrived whole: served before the rest
             if decision is HERE:
                 name = handler[2].name.decode()
                 try:
@@ -568,6 +588,8 @@ class _Connection(asyncio.Protocol):
         bucket = parked.words[1].decode("utf-8", "surrogateescape")
         try:
             decision = server.routing.decide(bucket, parked.path)
+            if decision is WAIT and server.router.ready(bucket):
+                decision = HERE  # arrived whole: served before the rest
             if decision is WAIT:
                 server.park(parked)
                 return
