@@ -80,6 +80,9 @@ def test_a_hung_node_fails_the_change_in_time_and_the_same_command_finishes_it()
         target = "a..f=foo, g..z=bar"
         try:
             took, err = _hang_during_change(running, target, "bar", 3.0, "foo")
+            # while bar still hangs (once it runs again, the hand-off may finish
+            # by itself: then the change is done, and another one may be made)
+            other = refused(table_set(running.ns, "a..z=foo"))
         finally:
             os.kill(running.nodes["bar"].proc.pid, signal.SIGCONT)
         # 3 s, plus starting the interpreter and one last look (loaded machine)
@@ -88,13 +91,12 @@ def test_a_hung_node_fails_the_change_in_time_and_the_same_command_finishes_it()
         assert "ranges not moved: g..m (foo -> bar)" in err, err
         assert "ranges moved: none" in err, err
         assert "Run the same 'pyrokv table set' again" in err
-
-        other = refused(table_set(running.ns, "a..z=foo"))
         assert "did not complete" in other and target in other and GUIDE in other
         assert "to finish it" in other and "to undo it" in other
 
         out = ok(table_set(running.ns, target))
-        assert out.startswith(f"moved g..m: foo -> bar, 500 buckets, {500 * KEYS} keys")
+        moved = f"moved g..m: foo -> bar, 500 buckets, {500 * KEYS} keys"
+        assert out.startswith(moved) or out.startswith("table version 1"), out
         shown = table_show(running.ns)
         assert shown == {"version": 1, "table": target, "nodes": {"bar": 1, "foo": 1}}
         only_on_owners(running.ns, by_first_byte(target))
