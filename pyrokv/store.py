@@ -591,13 +591,17 @@ class Store:
 def _apply(db: sqlite3.Connection, ops: Iterable[tuple[Any, ...]]) -> None:
     """Run ``ops`` in order; consecutive key writes as one batch, each key once."""
     keys: dict[tuple[Any, Any], Any] = {}  # (bucket, key) -> value, or _GONE
+    last: Any = None  # a group's writes are mostly to one bucket: encode it once
+    stored: Any = None
     for op in ops:
         kind = op[0]
-        if kind == PUT:
-            keys[(encode(op[1]), encode_key(op[2]))] = op[3]
-            continue
-        if kind == DELETE:
-            keys[(encode(op[1]), encode_key(op[2]))] = _GONE
+        if kind == PUT or kind == DELETE:
+            bucket, key = op[1], op[2]
+            if bucket is not last:
+                last, stored = bucket, encode(bucket)
+            if key.__class__ is not str or not key.isascii():  # text: stored as is
+                key = encode_key(key)
+            keys[(stored, key)] = op[3] if kind == PUT else _GONE
             continue
         if keys:
             _flush(db, keys)
@@ -630,7 +634,10 @@ _GONE = object()
 
 def _flush(db: sqlite3.Connection, keys: dict[tuple[Any, Any], Any]) -> None:
     puts = [
-        x for (b, k), v in keys.items() if v is not _GONE for x in (b, k, encode(v))
+        x
+        for (b, k), v in keys.items()
+        if v is not _GONE
+        for x in (b, k, v if v.__class__ is str and v.isascii() else encode(v))
     ]
     if puts:
         _many(db, _UPSERT_ROWS, puts, 3)
