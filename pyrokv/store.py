@@ -595,7 +595,7 @@ def _apply(db: sqlite3.Connection, ops: Iterable[tuple[Any, ...]]) -> None:
     stored: Any = None
     for op in ops:
         kind = op[0]
-        if kind == PUT or kind == DELETE:
+        if kind in (PUT, DELETE):
             bucket, key = op[1], op[2]
             if bucket is not last:
                 last, stored = bucket, encode(bucket)
