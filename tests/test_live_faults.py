@@ -56,11 +56,15 @@ def _hang_during_change(
     command = start(
         "table", "set", spec, "--timeout", str(timeout), *ns_flag(running.ns)
     )
-    logged(child, "routes by table version", after=mark)
-    os.kill(child.proc.pid, signal.SIGSTOP)
-    code = command.wait(120)
-    took = time.monotonic() - began
-    out, err = command.communicate()
+    try:
+        logged(child, "routes by table version", after=mark)
+        os.kill(child.proc.pid, signal.SIGSTOP)
+        code = command.wait(120)
+        took = time.monotonic() - began
+    finally:
+        if command.poll() is None:
+            command.kill()
+        out, err = command.communicate()  # closes its pipes in every case
     assert code == 1, (code, out, err)
     assert "Traceback" not in err and out == ""
     logged(running.nodes[sender], "could not hand off", after=gave_up)
