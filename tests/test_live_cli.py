@@ -270,6 +270,7 @@ def test_a_change_started_while_another_hands_off_is_refused_as_running() -> Non
         for spec in (GUIDE, "a..z=foo"):  # undo it; another change
             second = table_set(running.ns, spec)
             if winner.poll() is not None:
+                winner.communicate()  # its pipes, closed
                 pytest.skip("the hand-off ended before the second change arrived")
             err = refused(second)
             assert "TableVersionError" in err and "another change is running" in err
