@@ -201,6 +201,7 @@ class Live:
         self._released = threading.Condition()
         self._worker: concurrent.futures.ThreadPoolExecutor | None = None
         self._shipping = threading.Lock()
+        self._aside = 0  # see aside()
         #: Requests this node has served so far (``Stats.served``): a hand-off
         #: makes room for them (:data:`HANDOFF_PACE`). None: it never pauses.
         self.served: Callable[[], int] | None = None
@@ -383,11 +384,13 @@ class Live:
         aside: no request is routed to them here)."""
         version = self.routing.version
         failed: dict[str, str] = {}
+        kept = 0
         for owner, buckets in self.strays().items():
             try:
                 self._ship_to(owner, version, buckets, keep=True)
             except Exception as exc:
                 failed[owner] = f"{type(exc).__name__}: {exc}"
+                kept += len(buckets)
                 continue
             self._serial(self.registry.extract, list(buckets))
             log.info(
@@ -396,19 +399,14 @@ class Live:
                 len(buckets),
                 owner,
             )
+        self._aside = kept
         return failed
 
     def aside(self) -> int:
-        """How many buckets this node holds that another node owns (kept aside)."""
-        return self._serial(self._aside)
-
-    def _aside(self) -> int:
-        table = self.routing.table
-        return sum(
-            1
-            for name in list(self.registry._buckets)
-            if _owner(table, name) not in (self.node, None)
-        )
+        """How many buckets this node holds that another node owns (kept aside):
+        those :meth:`hand_off_strays` could not hand over; the next switch hands
+        them off. A count kept, not a scan: INFO and every scrape read it."""
+        return self._aside
 
     def release(self, token: str) -> None:
         """Forget a prepared change of ``token`` that was not applied; of one that was
@@ -467,6 +465,7 @@ class Live:
 
     def _switch(self, pending: Pending) -> None:
         """Route by ``pending``'s table, hold the slots gained, take out the rest."""
+        self._aside = 0  # every bucket another node owns goes to the outbox below
         routing = self.routing
         me = self.node
         old = routing.table
