@@ -31,7 +31,7 @@ from .client import list_nodes, parse_ns
 from .defaults import DEFAULT_CHANGE_TIMEOUT, DEFAULT_TIMEOUT
 from .errors import PyroKVError, TableChangeError, TableVersionError
 from .live import moved_ranges
-from .proxies import check_certificate, translate
+from .proxies import checked_proxy, translate
 from .table import RoutingTable, _show_range
 
 __all__ = ["DEFAULT_CHANGE_TIMEOUT", "Cluster", "node_states"]
@@ -48,10 +48,7 @@ _POLL_MAX = 0.25
 
 def _call(uri: Any, node: str, timeout: float, method: str, *args: Any) -> Any:
     try:
-        with Proxy(uri) as proxy:
-            proxy._pyroTimeout = timeout
-            proxy._pyroBind()
-            check_certificate(proxy, node)
+        with checked_proxy(uri, node, timeout) as proxy:
             return getattr(proxy, method)(*args)
     except Pyro5.errors.CommunicationError as exc:
         raise translate(exc, node, limit=timeout, location=uri.location) from None
@@ -63,11 +60,7 @@ def _look(proxies: dict[str, Proxy], uri: Any, node: str, timeout: float) -> Any
     proxy = proxies.get(node)
     try:
         if proxy is None:
-            proxy = Proxy(uri)
-            proxy._pyroTimeout = timeout
-            proxy._pyroBind()
-            check_certificate(proxy, node)
-            proxies[node] = proxy
+            proxy = proxies[node] = checked_proxy(uri, node, timeout)
         proxy._pyroTimeout = timeout
         return proxy.table_state()
     except Exception as exc:

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import Pyro5.errors
-from Pyro5.api import URI, Proxy
+from Pyro5.api import URI
 
 from . import naming
 from .defaults import DEFAULT_MAX_MESSAGE, DEFAULT_NS
@@ -30,7 +30,7 @@ from .errors import (
 )
 from .pipeline import Pipeline, send_batches
 from .protocol import VERBS
-from .proxies import check_certificate
+from .proxies import checked_proxy
 from .router import DEFAULT_TIMEOUT, Router
 from .table import RoutingTable
 from .wire import use_tls
@@ -83,10 +83,7 @@ def node_status(node: str, uri: Any, timeout: float = 2.0) -> NodeStatus:
     answers as another node (a registration taken over: ``error`` says so)."""
     row: NodeStatus = {"node": node, "address": uri.location, "alive": False}
     try:
-        with Proxy(uri) as proxy:
-            proxy._pyroTimeout = timeout
-            proxy._pyroBind()
-            check_certificate(proxy, node)
+        with checked_proxy(uri, node, timeout) as proxy:
             info = proxy.info()
     except (Pyro5.errors.PyroError, PyroKVError) as exc:
         row["error"] = str(exc)

@@ -42,6 +42,7 @@ __all__ = [
     "Held",
     "ProxyPool",
     "check_certificate",
+    "checked_proxy",
     "translate",
 ]
 
@@ -125,6 +126,21 @@ def check_certificate(proxy: Any, node: str) -> None:
             f"{proxy._pyroUri.location} shows a certificate for "
             f"{', '.join(sorted(names))}, not {node}{NODE_DNS_SUFFIX}: refusing it"
         )
+
+
+def checked_proxy(uri: Any, node: str, timeout: float) -> Proxy:
+    """A proxy to ``node`` at ``uri``, connected, with ``timeout``, and its TLS
+    certificate checked (:func:`check_certificate`); released again if either fails.
+    Pyro5's errors pass through (callers :func:`translate` them)."""
+    proxy = Proxy(uri)
+    try:
+        proxy._pyroTimeout = timeout
+        proxy._pyroBind()
+        check_certificate(proxy, node)
+    except BaseException:
+        proxy._pyroRelease()
+        raise
+    return proxy
 
 
 @dataclass(slots=True)
