@@ -208,6 +208,19 @@ class Cluster:
                 "moved": [],
                 "lost": [],
             }
+        driving = [
+            s
+            for s in alive.values()
+            if s["change"]["token"] and s["change"]["expires_in"] > 0
+        ]
+        if not unfinished and driving:  # complete on the nodes; its coordinator is
+            # still at work (it has not seen that yet), or was stopped before it
+            # said it was done (its lease then ends within the change's timeout)
+            raise TableVersionError(
+                f"another change is running: to version {version} ({current}), "
+                "its coordinator has not finished. Nothing of this change was "
+                "applied: look with 'pyrokv table show', then run it again"
+            )
         if target == version and previous is not None:  # finishing: from the one before
             before_table = RoutingTable.parse(previous)
             old, old_hashed = list(before_table.by_slot), before_table.hashed
@@ -287,6 +300,7 @@ class Cluster:
         except BaseException:  # stopped half-way: free it to be finished or undone
             self._give_up(uris, participants, token)
             raise
+        self._give_up(uris, participants, token)  # done: no one drives it any more
         moved = self._moved(runs, states, table)
         self._publish(uris, participants, target, new_spec)
         return {
@@ -299,8 +313,8 @@ class Cluster:
     def _give_up(
         self, uris: dict[str, Any], participants: list[str], token: str
     ) -> None:
-        """Tell every node of a change that did not complete that no one drives it
-        any more (the nodes that do not answer let its lease run out)."""
+        """Tell every node of a change that no one drives it any more: it completed,
+        or stopped half-way (the nodes that do not answer let its lease run out)."""
 
         def release(node: str) -> None:
             try:

@@ -417,7 +417,7 @@ class Live:
     def _release(self, token: str) -> None:
         if self.pending is not None and self.pending.token == token:
             self.pending = None
-        if self.state.token == token:  # its coordinator gave up: stopped half-way
+        if self.state.token == token:  # its coordinator is done, or gave up half-way
             self.state.expires = 0.0
 
     def apply(self, version: int, token: str) -> dict[str, Any]:
