@@ -185,14 +185,15 @@ def open_point(
     points and the p99 ratio recorded."""
     total = requests_for(suite, work, load, rate)
     slices = max(1, min(suite.options.slices, total // 10))
-    each = total // slices
+    each, extra = divmod(total, slices)
     from hdrh.histogram import HdrHistogram  # the bench extra; only this case needs it
 
     got: dict[bool, list[dict[str, Any]]] = {False: [], True: []}
     for i in range(slices):
         order = (False, True) if (r + i) % 2 == 0 else (True, False)
         for baseline in order:
-            got[baseline].append(send(suite, gens, work, conns, rate, each, baseline))
+            part = each + (1 if i < extra else 0)
+            got[baseline].append(send(suite, gens, work, conns, rate, part, baseline))
     points = {}
     for baseline, parts in got.items():
         hist = HdrHistogram.decode(parts[0]["latency"])

@@ -5,6 +5,7 @@ Run from the repository root (see benchmarks/README.md)::
     python -m benchmarks.run                  # the full suite (about 2 minutes on 2 cores)
     python -m benchmarks.run --quick          # tiny sizes and short windows (about 20 s)
     python -m benchmarks.run --only local_get,memory --rounds 5
+    python -m benchmarks.run --json results.json  # and python -m benchmarks.plot results.json
 
 It starts, on free ports of 127.0.0.1: Pyro5's name server; nodes ``foo`` (a..m) and
 ``bar`` (n..z) serving the text protocol; a chain of nodes ``h0``..``h4`` for the hop
@@ -62,6 +63,12 @@ Cases (``--only`` takes these names, comma-separated):
 - ``move_load``: 8 connections GET buckets that stay while range ``c`` moves in
   the middle of their window, against their rate before and after the move in the
   same window; targets >= 0.6x and the move <= 10 s (issue 11).
+- ``latency``: an open loop (``openloop.py``): requests at 25, 50 and 75 % of the
+  lower of two closed-loop maxima measured first (pyrokv's and its baseline's),
+  1 and 8 connections, latency from each request's intended send time in an
+  HdrHistogram: local GET and PUT against the echo server, routed GET against
+  the bare Pyro5 call; target: p99 at 50 % <= 1.5x the baseline's (first round
+  only; see ``latency.py``).
 
 Eight connections come, by default (``--clients auto``), from 8 threads of one client
 process for the text protocol and from 8 client processes for Pyro5: on a 2-core
