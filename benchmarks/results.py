@@ -90,6 +90,8 @@ class LatencyPoint:
     curve: list[list[float]]
     #: HdrHistogram's encoded (compressed, base64) histogram of every latency
     histogram: str
+    #: the p99 of each slice of the point, in the order they ran
+    slice_p99: list[float] = field(default_factory=list)
 
 
 class Results:
