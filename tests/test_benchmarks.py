@@ -135,6 +135,7 @@ def test_json_holds_every_row_and_the_latency_histograms(
         assert curve[-1][0] == 100.0
         assert all(a[0] <= b[0] and a[1] <= b[1] for a, b in itertools.pairwise(curve))
         assert point["histogram"]
+        assert len(point["slice_p99"]) >= 1
 
 
 def test_plot_draws_the_charts_of_a_run(
