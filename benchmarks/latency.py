@@ -271,9 +271,10 @@ def send(
     to the baseline; the generator's answer (or the merged answers of several)."""
     warmup = max(1, min(requests // 20, int(rate * 0.05)))
     if baseline and work.baseline == "pyro":
-        per = len(gens) if len(gens) > 1 else 1
-        busy = gens[:conns] if per > 1 else gens[:1]
-        threads = 1 if per > 1 else conns
+        if len(gens) > 1:  # a process per proxy
+            busy, threads = gens[:conns], 1
+        else:  # a thread per proxy, in one process
+            busy, threads = gens[:1], conns
         t0 = time.time() + LEAD_PYRO
         job = {
             "kind": "pyro",
