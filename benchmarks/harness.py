@@ -103,6 +103,10 @@ class BenchOptions:
     #: the range the move cases move: keys in all, and buckets
     move_keys: int = 100_000
     move_buckets: int = 1_000
+    #: the latency case: requests per open-loop point, and the seconds a point
+    #: without a target stops at (0: no limit)
+    latency_requests: int = 100_000
+    latency_seconds: float = 3.0
 
 
 # -- helper processes -----------------------------------------------------------
@@ -304,11 +308,11 @@ class Suite:
             extra["met"] = ["--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0"]
         # Baselines and load clients start while the cluster does.
         echo = bare = None
-        if self.wants("local_get", "pipelined"):
+        if self.wants("local_get", "pipelined", "latency"):
             echo = self._helper(
                 "echo server", script("baselines.py"), "echo", "v\\r\\nOK\\r\\n"
             )
-        if self.wants("routed_get", "api"):
+        if self.wants("routed_get", "api", "latency"):
             bare = self._helper(
                 "bare Pyro5 daemon", script("baselines.py"), "pyro", "zoo", "k", "v"
             )
@@ -322,6 +326,7 @@ class Suite:
             "metrics",
             "durable",
             "move_load",
+            "latency",
         ):
             self.workers = [
                 self._helper(f"load client {i}", script("loadgen.py"))

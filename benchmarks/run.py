@@ -5,6 +5,7 @@ Run from the repository root (see benchmarks/README.md)::
     python -m benchmarks.run                  # the full suite (about 2 minutes on 2 cores)
     python -m benchmarks.run --quick          # tiny sizes and short windows (about 20 s)
     python -m benchmarks.run --only local_get,memory --rounds 5
+    python -m benchmarks.run --json results.json  # and python -m benchmarks.plot results.json
 
 It starts, on free ports of 127.0.0.1: Pyro5's name server; nodes ``foo`` (a..m) and
 ``bar`` (n..z) serving the text protocol; a chain of nodes ``h0``..``h4`` for the hop
@@ -62,6 +63,12 @@ Cases (``--only`` takes these names, comma-separated):
 - ``move_load``: 8 connections GET buckets that stay while range ``c`` moves in
   the middle of their window, against their rate before and after the move in the
   same window; targets >= 0.6x and the move <= 10 s (issue 11).
+- ``latency``: an open loop (``openloop.py``): requests at 25, 50 and 75 % of the
+  lower of two closed-loop maxima measured first (pyrokv's and its baseline's),
+  1 and 8 connections, latency from each request's intended send time in an
+  HdrHistogram: local GET and PUT against the echo server, routed GET against
+  the bare Pyro5 call; target: p99 at 50 % <= 1.5x the baseline's (first round
+  only; see ``latency.py``).
 
 Eight connections come, by default (``--clients auto``), from 8 threads of one client
 process for the text protocol and from 8 client processes for Pyro5: on a 2-core
@@ -92,7 +99,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if __package__ in (None, ""):  # run as `python benchmarks/run.py`
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import cases, moves  # noqa: E402
+from benchmarks import cases, latency, moves  # noqa: E402
 from benchmarks.harness import (  # noqa: E402
     BenchError,
     BenchOptions,
@@ -115,6 +122,7 @@ CASES: dict[str, Callable[[Suite, int], None]] = {
     "durable": cases.durable,
     "moves": moves.moves,
     "move_load": moves.move_load,
+    "latency": latency.latency,
 }
 
 
@@ -165,6 +173,24 @@ def parse_args(argv: Sequence[str] | None) -> tuple[BenchOptions, argparse.Names
     parser.add_argument(
         "--strict", action="store_true", help="exit 1 when a target is missed"
     )
+    parser.add_argument(
+        "--json",
+        metavar="FILE",
+        help="also write the results to FILE as JSON (rows and latency histograms; "
+        "python -m benchmarks.plot FILE draws them)",
+    )
+    parser.add_argument(
+        "--latency-requests",
+        type=int,
+        help="requests per open-loop point of the latency case (default 100,000; "
+        "300 with --quick)",
+    )
+    parser.add_argument(
+        "--latency-seconds",
+        type=float,
+        help="a latency point without a target stops after this many seconds if "
+        "its requests take longer (default 3; 0.05 with --quick; 0: no limit)",
+    )
     args = parser.parse_args(argv)
     chosen = list(CASES)
     if args.only:
@@ -179,6 +205,15 @@ def parse_args(argv: Sequence[str] | None) -> tuple[BenchOptions, argparse.Names
         parser.error("--rounds must be at least 1")
     if args.slices is not None and args.slices < 1:
         parser.error("--slices must be at least 1")
+    if args.latency_requests is not None and args.latency_requests < 10:
+        parser.error("--latency-requests must be at least 10")
+    if args.latency_seconds is not None and args.latency_seconds < 0:
+        parser.error("--latency-seconds must be 0 (no limit) or more")
+    if "latency" in chosen and not have_hdrhistogram():
+        parser.error(
+            "the latency case needs the hdrhistogram package: pip install -e "
+            "'.[bench]' (or leave it out: --only with the other cases)"
+        )
     quick = args.quick
     options = BenchOptions(
         rounds=args.rounds,
@@ -195,7 +230,24 @@ def parse_args(argv: Sequence[str] | None) -> tuple[BenchOptions, argparse.Names
         api_seconds=0.2 if quick else 1.0,
         cases=chosen,
     )
+    if args.latency_requests is not None:
+        options.latency_requests = args.latency_requests
+    elif quick:
+        options.latency_requests = 300
+    if args.latency_seconds is not None:
+        options.latency_seconds = args.latency_seconds
+    elif quick:
+        options.latency_seconds = 0.05
     return options, args
+
+
+def have_hdrhistogram() -> bool:
+    """Whether the hdrhistogram package (the bench extra) can be imported."""
+    try:
+        import hdrh.histogram  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 #: Cases that disturb the machine for the cases after them (the hostile case
@@ -244,14 +296,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         suite.stop()
     results = suite.results
-    print(
+    header = (
         f"pyrokv benchmarks ({'quick, ' if args.quick else ''}{options.rounds} rounds, "
         f"{options.duration:g}s windows in {options.slices} slice(s); 8 connections: "
         f"{describe_clients(options.clients)}); Python {platform.python_version()}, "
         f"{os.cpu_count()} CPUs, load average {load_before} at start, "
         f"{os.getloadavg()[0]:.2f} at end; took {time.monotonic() - started:.0f}s"
     )
+    print(header)
     print(results.table())
+    if results.latency:
+        print()
+        print("Latency, open loop (the latency case's points):")
+        print(results.latency_table())
     misses = results.misses()
     print()
     if misses:
@@ -260,6 +317,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"- {miss}")
     else:
         print("every target met")
+    if args.json:
+        results.write_json(
+            args.json,
+            {
+                "header": header,
+                "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "quick": args.quick,
+                "rounds": options.rounds,
+                "cases": options.cases,
+                "python": platform.python_version(),
+                "cpus": os.cpu_count(),
+            },
+        )
     return 1 if (misses and args.strict) else 0
 
 
