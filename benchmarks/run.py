@@ -54,7 +54,7 @@ Cases (``--only`` takes these names, comma-separated):
   from spawning a node to its READY with a data dir of ``--mem-keys`` keys with
   10-byte values (target <= 5 s), an empty in-memory node beside it, and with
   that data dir plus a log not folded of as many writes, at most the log's bound
-  of 10^6 (target <= 5 s).
+  of 500,000 (target <= 5 s).
 - ``metrics``: text GET on the owner over 8 connections, a node with ``--metrics``
   (scraped once a round) against foo without; target >= 0.95x (issue "Operable and
   pleasant": run it with ``--rounds 5``).
