@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -447,6 +448,30 @@ class Suite:
             self.log(
                 f"# wrote a data dir of {count} keys in {time.monotonic() - started:.1f}s"
             )
+        return path
+
+    def big_log_dir(self, count: int, writes: int, fresh: str) -> str:
+        """A copy (named ``fresh``) of :meth:`big_data_dir`'s dir of ``count`` keys
+        whose log holds ``writes`` more, not folded (as a crash leaves it): each
+        gives one of the first ``writes`` keys a new value, ``-`` and its number
+        reversed (the template is written once, then copied)."""
+        assert self._tmp is not None
+        template = os.path.join(self._tmp.name, f"big{count}log{writes}")
+        if not os.path.exists(template):
+            started = time.monotonic()
+            shutil.copytree(self.big_data_dir(count), template)
+            registry = DurableRegistry(Store.open(template, "no"))
+            for i in range(writes):
+                registry.put("big", f"k{i % count:07d}", f"-{i:09d}"[::-1])
+            store = registry.store
+            store.close(fold=False)
+            self.log(
+                f"# wrote a log of {writes} writes in "
+                f"{time.monotonic() - started:.1f}s ({store.log_writes} left unfolded)"
+            )
+        path = os.path.join(self._tmp.name, fresh)
+        shutil.rmtree(path, ignore_errors=True)
+        shutil.copytree(template, path)
         return path
 
     def stop(self) -> None:

@@ -330,6 +330,50 @@ def test_types_survive_a_restart_and_status_shows_the_keys_loaded(
         again.stop()
 
 
+def info(conn: Conn) -> dict[str, str]:
+    """The node's INFO fields."""
+    conn.send(b"INFO\r\n")
+    fields = {}
+    while (line := conn.line()) != b"OK":
+        name, _, value = line.decode().partition(" ")
+        fields[name] = value
+    return fields
+
+
+def test_an_idle_node_folds_its_log_and_a_restart_after_a_kill_replays_it(
+    ns: tuple[str, int], unique: str, tmp_path: Path
+) -> None:
+    """INFO counts the writes in the log; a second after the last write the node
+    folds them into its tables (log_writes 0); writes after that stay in the log,
+    and a node killed then comes back with both parts, deletes included."""
+    name = f"fold{unique}"
+    data = tmp_path / "data"
+    node = durable_node(name, ns, data, "always")
+    try:
+        with Conn(text_port(node), timeout=30) as conn:
+            lines = b"CREATE b\r\n" + b"".join(
+                b"PUT b k%d v%d\r\n" % (i, i) for i in range(100)
+            )
+            conn.expect(lines, b"OK\r\n" * 101)
+            assert int(info(conn)["log_writes"]) > 0
+            wait_until(lambda: info(conn)["log_writes"] == "0", "the fold", 20)
+            assert int(info(conn)["folds"]) >= 1
+            conn.expect(b"DELETE b k0\r\nPUT b k1 new\r\n", b"OK\r\n" * 2)
+            assert info(conn)["log_writes"] == "2"
+    finally:
+        node.kill()
+    again = durable_node(name, ns, data, "always")
+    try:
+        with Conn(text_port(again), timeout=30) as conn:
+            found = read_values(conn, "b", [f"k{i}" for i in range(100)])
+            assert info(conn)["log_writes"] == "2"
+    finally:
+        again.stop()
+    assert found == {"k0": b"", "k1": b"new"} | {
+        f"k{i}": b"v%d" % i for i in range(2, 100)
+    }
+
+
 # -- bad data dirs -------------------------------------------------------------------
 
 

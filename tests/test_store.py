@@ -267,16 +267,23 @@ def test_another_programs_database_is_refused(data: Path) -> None:
 
 
 def fail_commits(monkeypatch: pytest.MonkeyPatch, failing: threading.Event) -> None:
-    """Make the store's commits fail with a full disk while ``failing`` is set (the
-    fallback of the full-disk tests that mount a small tmpfs, tests/test_durable.py)."""
-    apply = store_module._apply
+    """Make the store's commits (and folds) fail with a full disk while ``failing``
+    is set (the fallback of the full-disk tests that mount a small tmpfs,
+    tests/test_durable.py)."""
+    append, apply = store_module._append, store_module._apply
 
-    def full(db: sqlite3.Connection, ops: Any) -> None:
+    def full_append(db: sqlite3.Connection, writes: int, data: bytes) -> int:
+        if failing.is_set():
+            raise sqlite3.OperationalError("database or disk is full")
+        return append(db, writes, data)
+
+    def full_apply(db: sqlite3.Connection, ops: Any) -> None:
         if failing.is_set():
             raise sqlite3.OperationalError("database or disk is full")
         apply(db, ops)
 
-    monkeypatch.setattr(store_module, "_apply", full)
+    monkeypatch.setattr(store_module, "_append", full_append)
+    monkeypatch.setattr(store_module, "_apply", full_apply)
 
 
 def test_always_a_write_that_fails_on_disk_is_not_applied(
@@ -332,3 +339,221 @@ def test_everysec_a_failed_commit_refuses_writes_until_one_succeeds(
     opened.append(again)
     assert again.get("b", "k") == "acknowledged"
     assert again.get("b", "k2") == "v"
+
+
+# -- the log: one row per commit, folded into the tables ------------------------------
+
+
+def log_rows(data: Path) -> list[tuple[int, int]]:
+    """The log's rows (id, writes) as a reader of the database sees them."""
+    conn = sqlite3.connect(data / DB_FILE)
+    try:
+        return list(conn.execute("SELECT id, writes FROM log ORDER BY id"))
+    finally:
+        conn.close()
+
+
+def kv_rows(data: Path) -> dict[Any, Any]:
+    """The kv table's keys and values (decoded), as a reader sees them."""
+    conn = sqlite3.connect(data / DB_FILE)
+    try:
+        return {
+            decode(k): decode(v) for k, v in conn.execute("SELECT key, value FROM kv")
+        }
+    finally:
+        conn.close()
+
+
+def put_in_commits(registry: DurableRegistry, pairs: list[tuple[Any, Any]]) -> None:
+    """PUT ``pairs`` in bucket b (the store's only write so far: its creation), 100
+    at a time, each hundred committed before the next: log rows of at most 100."""
+    store = registry.store
+    for start in range(0, len(pairs), 100):
+        part = pairs[start : start + 100]
+        for key, value in part:
+            registry.put("b", key, value)
+        done = 1 + start + len(part)
+        wait_until(lambda: store.writes_committed == done, "a commit")  # noqa: B023
+
+
+def test_a_commit_is_one_log_row_and_a_close_folds_it(data: Path) -> None:
+    """The writes of a commit are one row of the log, not rows of kv; a graceful
+    close folds the log into the tables and leaves it empty."""
+    registry = open_registry(data, "always")
+    registry.create("b")
+    registry.put("b", "k", "v")
+    assert [writes for _, writes in log_rows(data)] == [1, 1]
+    assert kv_rows(data) == {}
+    registry.store.close()
+    assert log_rows(data) == []
+    assert kv_rows(data) == {"k": "v"}
+
+
+@pytest.mark.parametrize("fsync", MODES)
+def test_a_restart_replays_an_unfolded_log_in_order(data: Path, fsync: str) -> None:
+    """Left unfolded, as a crash leaves it: a restart replays the log over the
+    tables in order: the last write of a key wins, deletes and drops win over the
+    rows of kv, an install replaces a bucket, meta values come back, typed."""
+    registry = open_registry(data, fsync)
+    registry.create("b")
+    registry.create("gone")
+    registry.install({"replaced": {"old": 1}})
+    for i in range(50):
+        registry.put("b", f"k{i}", f"v{i}")
+    registry.store.close()  # folded: these are rows of kv now
+    assert log_rows(data) == [] and len(kv_rows(data)) == 51
+    registry = open_registry(data, fsync)
+    registry.put("b", "k0", "again")
+    registry.put("b", "k0", "last")
+    assert registry.delete("b", "k1") == "v1"
+    registry.put("b", "k2", "briefly")
+    registry.delete("b", "k2")
+    registry.put("b", "new", 7)
+    registry.delete("b", "new")
+    registry.put("b", "new", (1, 2.5))
+    registry.extract(["gone"])
+    registry.install({"replaced": {"new": b"\x00"}})
+    registry.create("made")
+    registry.put("made", 1, {"a": [None, True]})
+    registry.store.meta_set("table_version", 9)
+    store = registry.store
+    wait_until(lambda: not store._pending, "the writes to be committed")
+    store.close(fold=False)
+    assert len(log_rows(data)) >= 1
+    assert sum(writes for _, writes in log_rows(data)) == store.log_writes
+    again = open_registry(data, fsync)
+    try:
+        assert again.store.log_writes == store.log_writes
+        assert again.buckets() == ["b", "made", "replaced"]
+        got = again._bucket("b")
+        assert got["k0"] == "last"
+        assert "k1" not in got and "k2" not in got
+        assert got["new"] == (1, 2.5) and type(got["new"]) is tuple
+        assert len(got) == 49
+        assert again._bucket("replaced") == {"new": b"\x00"}
+        assert again._bucket("made") == {1: {"a": [None, True]}}
+        assert again.store.meta_get("table_version") == 9
+    finally:
+        again.store.close()
+    assert log_rows(data) == []
+    assert kv_rows(data)["k0"] == "last"
+
+
+def test_values_marshal_cannot_take_are_logged_as_the_tables_keep_them(
+    data: Path,
+) -> None:
+    """A group holding a value of a class (an int subclass here) is logged with
+    its values encoded as in the tables (the class's value comes back as serpent
+    gives it, as from kv); the others in it keep their types."""
+
+    class Count(int):
+        """An int subclass: marshal refuses it."""
+
+    registry = open_registry(data)
+    registry.create("b")
+    for key, value in TYPED.items():
+        registry.put("b", key, value)
+    registry.put("b", "count", Count(3))
+    registry.store.close(fold=False)
+    again = open_registry(data)
+    try:
+        got = again._bucket("b")
+        assert got["count"] == decode(encode(Count(3)))
+        for key, value in TYPED.items():
+            assert type(got[key]) is type(value), key
+            assert got[key] == value, key
+    finally:
+        again.store.close()
+
+
+def test_the_idle_writer_folds_the_log_in_parts(
+    data: Path, monkeypatch: pytest.MonkeyPatch, opened: list[DurableRegistry]
+) -> None:
+    """Once no write came for FOLD_IDLE, the log is folded, a part of about
+    FOLD_WRITES writes a transaction, into kv; the memory is unchanged."""
+    monkeypatch.setattr(store_module, "FOLD_IDLE", 0.05)
+    monkeypatch.setattr(store_module, "FOLD_WRITES", 300)
+    registry = open_registry(data)
+    opened.append(registry)
+    store = registry.store
+    registry.create("b")
+    put_in_commits(registry, [(f"k{i}", i) for i in range(2000)])
+    registry.delete("b", "k0")
+    wait_until(lambda: store.log_writes == 0 and not store._pending, "the fold")
+    assert store.folds >= 5  # at most 300 writes a fold, plus the row past them
+    assert store.writes_folded == 2002
+    assert log_rows(data) == []
+    rows = kv_rows(data)
+    assert len(rows) == 1999 and rows["k1999"] == 1999
+    assert registry.get("b", "k1999") == 1999
+    assert store.stats()["log_writes"] == 0
+
+
+def test_a_log_past_its_bound_is_folded_while_writes_go_on(
+    data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With no idle moment, the writer folds after a commit while the log holds
+    more than LOG_MAX_WRITES writes: what a start replays stays bounded."""
+    monkeypatch.setattr(store_module, "FOLD_IDLE", 3600.0)
+    monkeypatch.setattr(store_module, "LOG_MAX_WRITES", 100)
+    monkeypatch.setattr(store_module, "FOLD_WRITES", 50)
+    registry = open_registry(data)
+    store = registry.store
+    registry.create("b")
+    put_in_commits(registry, [(i, str(i)) for i in range(3000)])
+    store.close(fold=False)
+    assert store.folds >= 10
+    assert 0 < sum(writes for _, writes in log_rows(data)) <= 100
+    again = open_registry(data)
+    try:
+        assert again._bucket("b") == {i: str(i) for i in range(3000)}
+    finally:
+        again.store.close()
+
+
+def test_a_data_dir_of_format_1_opens_and_is_given_a_log(data: Path) -> None:
+    """A database of format 1 (tables, no log) written by the pyrokv before: its
+    buckets load and it takes writes, now at this pyrokv's format."""
+    data.mkdir()
+    conn = sqlite3.connect(data / DB_FILE, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    for statement in store_module._SCHEMA[:3]:
+        conn.execute(statement)
+    conn.execute(f"PRAGMA application_id={store_module.APPLICATION_ID}")
+    conn.execute("PRAGMA user_version=1")
+    conn.execute("INSERT INTO buckets VALUES ('b')")
+    conn.execute("INSERT INTO kv VALUES ('b', 'k', ?)", (encode((1, "x")),))
+    conn.execute("INSERT INTO meta VALUES ('table_version', 4)")
+    conn.close()
+    registry = open_registry(data)
+    try:
+        assert registry.get("b", "k") == (1, "x")
+        assert registry.store.meta_get("table_version") == 4
+        registry.put("b", "k2", "v")
+    finally:
+        registry.store.close()
+    conn = sqlite3.connect(data / DB_FILE)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == FORMAT == 2
+    conn.close()
+    again = open_registry(data)
+    try:
+        assert again._bucket("b") == {"k": (1, "x"), "k2": "v"}
+    finally:
+        again.store.close()
+
+
+def test_a_damaged_log_row_is_refused_and_left_as_is(data: Path) -> None:
+    """A log row that is not what pyrokv wrote: CorruptDataError naming the file;
+    nothing changed."""
+    registry = open_registry(data)
+    registry.create("b")
+    registry.store.close(fold=False)
+    db = data / DB_FILE
+    conn = sqlite3.connect(db)
+    with conn:
+        conn.execute("UPDATE log SET data = ?", (b"m\xff\x00garbage",))
+    conn.close()
+    before = digest(db)
+    with pytest.raises(CorruptDataError, match=f"{db} holds a value this pyrokv"):
+        open_registry(data)
+    assert digest(db) == before
