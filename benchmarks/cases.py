@@ -88,16 +88,29 @@ def local_get(suite: Suite, r: int) -> None:
 
 
 def routed_get(suite: Suite, r: int) -> None:
-    """Text GET of a bucket the other node owns vs a bare Pyro5 call, 1 and 8 connections."""
+    """Text GET of a bucket the other node owns vs a bare Pyro5 call, 1 and 8
+    connections; and vs a local GET on foo from the same client (issue 14)."""
     add, foo = suite.results.add, suite.addresses["foo"]
+    assert suite.cluster is not None
+    assert suite.bare_helper is not None
+    servers = [
+        suite.cluster.nodes["foo"].proc.pid,
+        suite.cluster.nodes["bar"].proc.pid,
+        suite.bare_helper.proc.pid,
+    ]
+    clients = [worker.proc.pid for worker in suite.workers]
     rates: dict[int, tuple[float, float]] = {}
     for conns in (1, 8):
-        rates[conns] = suite.pair(
-            r,
-            partial(suite.text, foo, GET_ROUTED, conns),
-            partial(suite.bare, conns),
-        )
-        node, base = rates[conns]
+        # pinned on one connection, as local_get is: every server on one core,
+        # the load client on the other
+        with pinned(servers if conns == 1 else [], clients if conns == 1 else []):
+            node, base, local = suite.interleave(
+                r,
+                partial(suite.text, foo, GET_ROUTED, conns),
+                partial(suite.bare, conns),
+                partial(suite.text, foo, GET_LOCAL, conns),
+            )
+        rates[conns] = node, base
         add("routed_get", f"pyrokv GET routed, {conns} conn", "ops/s", r, node)
         add("routed_get", f"bare Pyro5 call, {conns} proxy", "ops/s", r, base)
         add(
@@ -107,6 +120,15 @@ def routed_get(suite: Suite, r: int) -> None:
             r,
             ratio(node, base),
             Target(">=", 0.8) if conns == 1 else None,
+        )
+        add("routed_get", f"pyrokv GET local, {conns} conn", "ops/s", r, local)
+        add(
+            "routed_get",
+            f"ratio routed/local, {conns} conn",
+            "x",
+            r,
+            ratio(node, local),
+            Target(">=", 0.45 if conns == 1 else 0.4),
         )
     add(
         "routed_get",

@@ -52,7 +52,7 @@ def table_rows(output: str) -> list[list[str]]:
 
 
 def test_quick_run_prints_every_case_with_rounds_median_and_targets() -> None:
-    """--quick runs every case and prints each round, the median and all 17 targets."""
+    """--quick runs every case and prints each round, the median and all 19 targets."""
     done = run_suite("-m", "benchmarks.run", "--quick")
     assert done.returncode == 0, done.stdout + done.stderr
     rows = table_rows(done.stdout)
@@ -69,7 +69,10 @@ def test_quick_run_prints_every_case_with_rounds_median_and_targets() -> None:
     targeted = {(row[0], row[1]) for row in body if row[-1]}
     # Every target of the issue is checked somewhere in the table.
     assert {case for case, _ in targeted} == set(CASES)
-    assert len(targeted) == 17
+    assert len(targeted) == 19
+    # Issue 14: routed GET against a local GET from the same client, same round.
+    assert ("routed_get", "ratio routed/local, 1 conn") in targeted
+    assert ("routed_get", "ratio routed/local, 8 conn") in targeted
     assert "every target met" in done.stdout or "MISSED targets:" in done.stdout
 
 
