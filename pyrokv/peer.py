@@ -45,6 +45,10 @@ class _Link(asyncio.Protocol):
         self.buffer = b""
         self.need = -1
         self.inflight: collections.deque[Forward] = collections.deque()
+        #: FWD lines of this pass of the loop not written yet (their requests are
+        #: in ``inflight`` already), and whether a _flush is scheduled
+        self.unsent: list[bytes] = []
+        self.flushing = False
         self.timer: asyncio.TimerHandle | None = None
         self.failed = False
         self.ready: asyncio.Future[None] = links.loop.create_future()
@@ -102,16 +106,32 @@ class _Link(asyncio.Protocol):
         )
 
     def send(self, item: Forward) -> None:
-        left = item.deadline - time.monotonic()
-        assert self.transport is not None
-        self.transport.write(
-            protocol.forward_line(
-                inner_budget(left), item.hop.path, item.line, item.hop.version
-            )
+        """Write ``item``'s ``FWD`` line: at once when the link is idle; else with
+        the other requests of this pass of the loop, in one write (see _flush)."""
+        line = protocol.forward_line(
+            inner_budget(item.deadline - time.monotonic()),
+            item.hop.path,
+            item.line,
+            item.hop.version,
         )
+        if self.inflight:  # replies are awaited: more requests may come this pass
+            self.unsent.append(line)
+            if not self.flushing:
+                self.flushing = True
+                self.links.loop.call_soon(self._flush)
+        else:  # a lone request (one client, say) waits for no other
+            assert self.transport is not None
+            self.transport.write(line)
         self.inflight.append(item)
         if self.timer is None:
             self._arm()
+
+    def _flush(self) -> None:
+        """Write the lines queued during the last pass of the loop, in one write."""
+        self.flushing = False
+        unsent, self.unsent = self.unsent, []
+        if unsent and not self.failed and self.transport is not None:
+            self.transport.write(b"".join(unsent))
 
     def data_received(self, data: bytes) -> None:
         try:
