@@ -48,7 +48,9 @@ __all__ = [
     "Handler",
     "Verb",
     "error_reply",
+    "forward_head",
     "forward_line",
+    "forward_request",
     "framed",
     "handlers",
     "info_reply",
@@ -347,16 +349,18 @@ def forward_line(
 ) -> bytes:
     """A request forwarded node to node:
     ``FWD <ms left> <table version> <path> <original line>``."""
-    head = _forward_head(max(int(budget * 1000), 0), version, tuple(path))
-    return head + line.rstrip(b"\r\n") + b"\r\n"
+    return forward_head(int(budget * 1000), version, path) + forward_request(line)
 
 
-@functools.lru_cache(maxsize=256)
-def _forward_head(ms: int, version: int, path: tuple[str, ...]) -> bytes:
-    """``FWD <ms left> <table version> <path> ``. Cached: requests sent on within
-    the same millisecond of their budget by one table share it, and formatting it
-    costs more than the rest of sending a request on."""
-    return b"FWD %d %d %s " % (ms, version, ",".join(path).encode("ascii"))
+def forward_head(ms: int, version: int, path: Sequence[str]) -> bytes:
+    """The start of a ``FWD`` line, up to the request: ``FWD <ms> <version> <path> ``
+    (a peer link keeps it while its ``ms``, version and path stay the same)."""
+    return b"FWD %d %d %s " % (max(ms, 0), version, ",".join(path).encode("ascii"))
+
+
+def forward_request(line: bytes) -> bytes:
+    """The end of a ``FWD`` line: the request line as a client sent it."""
+    return line.rstrip(b"\r\n") + b"\r\n"
 
 
 #: The words of a ``FWD`` line before the request it carries.
