@@ -655,14 +655,9 @@ class _Connection(asyncio.Protocol):
             self.sent = None
             stats = self.server.stats
             counts = stats.peer_requests if self.framed else stats.requests
-            if reply.startswith(b"ERROR") or reply == protocol.NOT_FOUND:
-                counts.error[verb] += 1
-                stats.observe(_monotonic() - since)
-            else:  # as for local requests, one in 64 is timed and counts for all
-                ok = counts.ok
-                done = ok[verb] = ok[verb] + 1
-                if not done & _SAMPLE:
-                    stats.observe(_monotonic() - since, _SAMPLE + 1)
+            failed = reply.startswith(b"ERROR") or reply == protocol.NOT_FOUND
+            (counts.error if failed else counts.ok)[verb] += 1
+            stats.observe(_monotonic() - since)
         if self.framed:
             reply = protocol.framed(reply)
             self.framed = False
