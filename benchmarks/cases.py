@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import time
 import urllib.request
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -101,14 +102,17 @@ def routed_get(suite: Suite, r: int) -> None:
     clients = [worker.proc.pid for worker in suite.workers]
     rates: dict[int, tuple[float, float]] = {}
     for conns in (1, 8):
+        # the CPU both nodes and the load client used, per request, over the
+        # slices of the routed and of the local GET
+        routed_cpu, local_cpu = _Cpu(servers[:2], clients), _Cpu(servers[:2], clients)
         # pinned on one connection, as local_get is: every server on one core,
         # the load client on the other
         with pinned(servers if conns == 1 else [], clients if conns == 1 else []):
             node, base, local = suite.interleave(
                 r,
-                partial(suite.text, foo, GET_ROUTED, conns),
+                routed_cpu.around(partial(suite.text, foo, GET_ROUTED, conns)),
                 partial(suite.bare, conns),
-                partial(suite.text, foo, GET_LOCAL, conns),
+                local_cpu.around(partial(suite.text, foo, GET_LOCAL, conns)),
             )
         rates[conns] = node, base
         add("routed_get", f"pyrokv GET routed, {conns} conn", "ops/s", r, node)
@@ -130,6 +134,15 @@ def routed_get(suite: Suite, r: int) -> None:
             ratio(node, local),
             Target(">=", 0.45 if conns == 1 else 0.4),
         )
+        if conns == 8:
+            for what, cpu in (("routed", routed_cpu), ("local", local_cpu)):
+                nodes, client = cpu.per_request()
+                add(
+                    "routed_get", f"CPU per {what} GET, foo+bar, 8 conn", "µs", r, nodes
+                )
+                add(
+                    "routed_get", f"CPU per {what} GET, client, 8 conn", "µs", r, client
+                )
     add(
         "routed_get",
         "ratio routed 8 conn / bare sequential",
@@ -138,6 +151,34 @@ def routed_get(suite: Suite, r: int) -> None:
         ratio(rates[8][0], rates[1][1]),
         Target(">=", 2.0),
     )
+
+
+class _Cpu:
+    """Wraps measures to add up the CPU ``nodes`` and ``clients`` (pids) used and the
+    requests made while they ran (the warm-up of each slice counts for CPU only)."""
+
+    def __init__(self, nodes: list[int], clients: list[int]) -> None:
+        self.nodes, self.clients = nodes, clients
+        self.node_s = self.client_s = self.requests = 0.0
+
+    def around(self, measure: Callable[..., float]) -> Callable[..., float]:
+        """``measure``, counting as it runs."""
+
+        def run(duration: float) -> float:
+            nodes = sum(cpu_seconds(pid) for pid in self.nodes)
+            clients = sum(cpu_seconds(pid) for pid in self.clients)
+            rate = measure(duration=duration)
+            self.node_s += sum(cpu_seconds(pid) for pid in self.nodes) - nodes
+            self.client_s += sum(cpu_seconds(pid) for pid in self.clients) - clients
+            self.requests += rate * duration
+            return rate
+
+        return run
+
+    def per_request(self) -> tuple[float, float]:
+        """µs of the nodes' and of the clients' CPU per request."""
+        count = max(self.requests, 1.0)
+        return self.node_s / count * 1e6, self.client_s / count * 1e6
 
 
 def pipelined(suite: Suite, r: int) -> None:
