@@ -26,6 +26,7 @@ __all__ = ["NO_TEXT_RETRY", "PeerLinks"]
 
 log = logging.getLogger("pyrokv.peer")
 
+#: A reply that sends its request over Pyro5 instead (see protocol.MOVING).
 _MOVING = protocol.MOVING
 #: How long an owner found to have no text port is reached over Pyro5 before asking again.
 NO_TEXT_RETRY = 30.0
