@@ -375,7 +375,13 @@ def parse_forward(words: list[bytes]) -> tuple[float, int, tuple[str, ...]]:
     """
     if len(words) <= FORWARD_WORDS:
         raise ProtocolError("FWD needs <ms left> <version> <path> <request>")
+    if len(words[3]) > _CACHED_PATH:  # checked each time, not kept in the cache
+        return _forward_fields.__wrapped__(words[1], words[2], words[3])
     return _forward_fields(words[1], words[2], words[3])
+
+
+#: The longest path field whose parse is cached (the cache holds 256 of them).
+_CACHED_PATH = 1024
 
 
 @functools.lru_cache(maxsize=256)

@@ -86,6 +86,11 @@ def test_forward_fields_are_checked_each_time_they_are_read() -> None:
     too_long = b"FWD 86400001 3 foo GET nut k".split()
     with pytest.raises(ProtocolError, match="budget"):
         protocol.parse_forward(too_long)
+    long_path = b",".join([b"n%d" % i for i in range(400)])
+    words = [b"FWD", b"10", b"0", long_path, b"PING"]
+    assert protocol.parse_forward(words)[2] == tuple(f"n{i}" for i in range(400))
+    with pytest.raises(ProtocolError, match="not node names"):
+        protocol.parse_forward([*words[:3], long_path + b",x.y", b"PING"])
 
 
 def test_a_forwarded_line_is_its_head_and_the_request() -> None:
