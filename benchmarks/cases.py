@@ -13,6 +13,7 @@ import os
 import shutil
 import time
 import urllib.request
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -90,16 +91,32 @@ def local_get(suite: Suite, r: int) -> None:
 
 
 def routed_get(suite: Suite, r: int) -> None:
-    """Text GET of a bucket the other node owns vs a bare Pyro5 call, 1 and 8 connections."""
+    """Text GET of a bucket the other node owns vs a bare Pyro5 call, 1 and 8
+    connections; and vs a local GET on foo from the same client (issue 14)."""
     add, foo = suite.results.add, suite.addresses["foo"]
+    assert suite.cluster is not None
+    assert suite.bare_helper is not None
+    servers = [
+        suite.cluster.nodes["foo"].proc.pid,
+        suite.cluster.nodes["bar"].proc.pid,
+        suite.bare_helper.proc.pid,
+    ]
+    clients = [worker.proc.pid for worker in suite.workers]
     rates: dict[int, tuple[float, float]] = {}
     for conns in (1, 8):
-        rates[conns] = suite.pair(
-            r,
-            partial(suite.text, foo, GET_ROUTED, conns),
-            partial(suite.bare, conns),
-        )
-        node, base = rates[conns]
+        # the CPU both nodes and the load client used, per request, over the
+        # slices of the routed and of the local GET
+        routed_cpu, local_cpu = _Cpu(servers[:2], clients), _Cpu(servers[:2], clients)
+        # pinned on one connection, as local_get is: every server on one core,
+        # the load client on the other
+        with pinned(servers if conns == 1 else [], clients if conns == 1 else []):
+            node, base, local = suite.interleave(
+                r,
+                routed_cpu.around(partial(suite.text, foo, GET_ROUTED, conns)),
+                partial(suite.bare, conns),
+                local_cpu.around(partial(suite.text, foo, GET_LOCAL, conns)),
+            )
+        rates[conns] = node, base
         add("routed_get", f"pyrokv GET routed, {conns} conn", "ops/s", r, node)
         add("routed_get", f"bare Pyro5 call, {conns} proxy", "ops/s", r, base)
         add(
@@ -110,6 +127,24 @@ def routed_get(suite: Suite, r: int) -> None:
             ratio(node, base),
             Target(">=", 0.8) if conns == 1 else None,
         )
+        add("routed_get", f"pyrokv GET local, {conns} conn", "ops/s", r, local)
+        add(
+            "routed_get",
+            f"ratio routed/local, {conns} conn",
+            "x",
+            r,
+            ratio(node, local),
+            Target(">=", 0.45 if conns == 1 else 0.4),
+        )
+        if conns == 8:
+            for what, cpu in (("routed", routed_cpu), ("local", local_cpu)):
+                nodes, client = cpu.per_request()
+                add(
+                    "routed_get", f"CPU per {what} GET, foo+bar, 8 conn", "µs", r, nodes
+                )
+                add(
+                    "routed_get", f"CPU per {what} GET, client, 8 conn", "µs", r, client
+                )
     add(
         "routed_get",
         "ratio routed 8 conn / bare sequential",
@@ -118,6 +153,34 @@ def routed_get(suite: Suite, r: int) -> None:
         ratio(rates[8][0], rates[1][1]),
         Target(">=", 2.0),
     )
+
+
+class _Cpu:
+    """Wraps measures to add up the CPU ``nodes`` and ``clients`` (pids) used and the
+    requests made while they ran (the warm-up of each slice counts for CPU only)."""
+
+    def __init__(self, nodes: list[int], clients: list[int]) -> None:
+        self.nodes, self.clients = nodes, clients
+        self.node_s = self.client_s = self.requests = 0.0
+
+    def around(self, measure: Callable[..., float]) -> Callable[..., float]:
+        """``measure``, counting as it runs."""
+
+        def run(duration: float) -> float:
+            nodes = sum(cpu_seconds(pid) for pid in self.nodes)
+            clients = sum(cpu_seconds(pid) for pid in self.clients)
+            rate = measure(duration=duration)
+            self.node_s += sum(cpu_seconds(pid) for pid in self.nodes) - nodes
+            self.client_s += sum(cpu_seconds(pid) for pid in self.clients) - clients
+            self.requests += rate * duration
+            return rate
+
+        return run
+
+    def per_request(self) -> tuple[float, float]:
+        """µs of the nodes' and of the clients' CPU per request."""
+        count = max(self.requests, 1.0)
+        return self.node_s / count * 1e6, self.client_s / count * 1e6
 
 
 def pipelined(suite: Suite, r: int) -> None:

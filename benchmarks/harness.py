@@ -261,6 +261,7 @@ class Suite:
         self.results = Results(options.rounds)
         self.cluster: LocalCluster | None = None
         self.echo_helper: Helper | None = None
+        self.bare_helper: Helper | None = None
         self.helpers: list[Helper] = []
         self.workers: list[Helper] = []
         self.mem_nodes: list[Child] = []
@@ -367,6 +368,7 @@ class Suite:
             self.echo_helper = echo
         if bare is not None:
             self.bare_uri = bare.wait_ready().split()[1]
+            self.bare_helper = bare
         for worker in self.workers:
             worker.wait_ready()
         if self.attacker is not None:
@@ -602,14 +604,20 @@ class Suite:
         Each gets the whole window, cut in slices taken in turn (AB BA AB .., starting
         BA in odd rounds), so load from elsewhere on the machine hits both alike.
         """
+        a, b = self.interleave(rnd, first, second)
+        return a, b
+
+    def interleave(self, rnd: int, *measures: Callable[..., float]) -> list[float]:
+        """Run several measures in turn, ``slices`` slices each, rotating which one
+        goes first (ABC BCA CAB .., from a round-dependent start; for two, AB BA ..);
+        each one's mean rate."""
         slices = self.options.slices
         part = self.options.duration / slices
-        a = b = 0.0
+        n = len(measures)
+        total = [0.0] * n
         for i in range(slices):
-            if (rnd + i) % 2 == 0:
-                a += first(duration=part)
-                b += second(duration=part)
-            else:
-                b += second(duration=part)
-                a += first(duration=part)
-        return a / slices, b / slices
+            start = (rnd + i) % n
+            for k in range(n):
+                j = (start + k) % n
+                total[j] += measures[j](duration=part)
+        return [t / slices for t in total]

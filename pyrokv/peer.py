@@ -19,13 +19,15 @@ import time
 from . import peering, protocol
 from .directory import Directory
 from .errors import NodeTimeoutError, NodeUnreachableError, ProtocolError, PyroKVError
-from .routing import inner_budget
+from .routing import Hop, inner_budget
 from .transport import Forward, ReplySink, Transport, deliver, reset
 
 __all__ = ["NO_TEXT_RETRY", "PeerLinks"]
 
 log = logging.getLogger("pyrokv.peer")
 
+#: A reply that sends its request over Pyro5 instead (see protocol.MOVING).
+_MOVING = protocol.MOVING
 #: How long an owner found to have no text port is reached over Pyro5 before asking again.
 NO_TEXT_RETRY = 30.0
 
@@ -45,6 +47,15 @@ class _Link(asyncio.Protocol):
         self.buffer = b""
         self.need = -1
         self.inflight: collections.deque[Forward] = collections.deque()
+        #: FWD lines of this pass of the loop not written yet (their requests are
+        #: in ``inflight`` already), and whether a _flush is scheduled
+        self.unsent: list[bytes] = []
+        self.flushing = False
+        #: the head of the last FWD line written (see protocol.forward_head): the
+        #: same for every request sent within one millisecond by one decision
+        self.ms = -1
+        self.hop: Hop | None = None
+        self.head = b""
         self.timer: asyncio.TimerHandle | None = None
         self.failed = False
         self.ready: asyncio.Future[None] = links.loop.create_future()
@@ -102,16 +113,32 @@ class _Link(asyncio.Protocol):
         )
 
     def send(self, item: Forward) -> None:
-        left = item.deadline - time.monotonic()
-        assert self.transport is not None
-        self.transport.write(
-            protocol.forward_line(
-                inner_budget(left), item.hop.path, item.line, item.hop.version
-            )
-        )
+        """Write ``item``'s ``FWD`` line: at once when the link is idle; else with
+        the other requests of this pass of the loop, in one write (see _flush)."""
+        hop = item.hop
+        ms = int(inner_budget(item.deadline - time.monotonic()) * 1000)
+        if ms != self.ms or hop is not self.hop:  # requests of one ms share a head
+            self.ms, self.hop = ms, hop
+            self.head = protocol.forward_head(ms, hop.version, hop.path)
+        line = self.head + protocol.forward_request(item.line)
+        if self.inflight:  # replies are awaited: more requests may come this pass
+            self.unsent.append(line)
+            if not self.flushing:
+                self.flushing = True
+                self.links.loop.call_soon(self._flush)
+        else:  # a lone request (one client, say) waits for no other
+            assert self.transport is not None
+            self.transport.write(line)
         self.inflight.append(item)
         if self.timer is None:
             self._arm()
+
+    def _flush(self) -> None:
+        """Write the lines queued during the last pass of the loop, in one write."""
+        self.flushing = False
+        unsent, self.unsent = self.unsent, []
+        if unsent and not self.failed and self.transport is not None:
+            self.transport.write(b"".join(unsent))
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -127,31 +154,36 @@ class _Link(asyncio.Protocol):
             self._fail_reply(protocol.INTERNAL_ERROR)
 
     def _replies(self, data: bytes) -> None:
+        """Hand each whole framed reply in ``data`` to its request's sink, in order."""
         buffer = self.buffer + data if self.buffer else data
+        size = len(buffer)
         pos = 0
+        need = self.need  # the length of the reply being read, or -1 before its line
+        inflight = self.inflight
         done: list[tuple[ReplySink, bytes]] = []
-        while not self.failed:
-            if self.need < 0:
+        while True:
+            if need < 0:
                 end = buffer.find(b"\r\n", pos)
                 if end < 0:
                     break
-                size = buffer[pos:end]
-                if not size.isdigit() or len(size) > 9 or not self.inflight:
+                head = buffer[pos:end]
+                if not head.isdigit() or len(head) > 9 or not inflight:
                     deliver(done)
-                    self._fail(f"answered out of protocol ({size[:40]!r})")
+                    self._fail(f"answered out of protocol ({head[:40]!r})")
                     return
-                self.need = int(size)
+                need = int(head)
                 pos = end + 2
-            if len(buffer) - pos < self.need:
+            if size - pos < need:
                 break
-            reply = buffer[pos : pos + self.need]
-            pos += self.need
-            self.need = -1
-            item = self.inflight.popleft()
-            if reply == protocol.MOVING:  # it would hold the link: wait over Pyro5
+            reply = buffer[pos : pos + need]
+            pos += need
+            need = -1
+            item = inflight.popleft()
+            if reply == _MOVING:  # it would hold the link: wait over Pyro5
                 self.links.fallback.send(item)
                 continue
             done.append((item.sink, reply))
+        self.need = need
         self.buffer = buffer[pos:]
         deliver(done)
 

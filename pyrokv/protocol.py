@@ -19,6 +19,7 @@ exactly. See docs/protocol.md.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -47,7 +48,9 @@ __all__ = [
     "Handler",
     "Verb",
     "error_reply",
+    "forward_head",
     "forward_line",
+    "forward_request",
     "framed",
     "handlers",
     "info_reply",
@@ -346,12 +349,18 @@ def forward_line(
 ) -> bytes:
     """A request forwarded node to node:
     ``FWD <ms left> <table version> <path> <original line>``."""
-    return b"FWD %d %d %s %s\r\n" % (
-        max(int(budget * 1000), 0),
-        version,
-        ",".join(path).encode("ascii"),
-        line.rstrip(b"\r\n"),
-    )
+    return forward_head(int(budget * 1000), version, path) + forward_request(line)
+
+
+def forward_head(ms: int, version: int, path: Sequence[str]) -> bytes:
+    """The start of a ``FWD`` line, up to the request: ``FWD <ms> <version> <path> ``
+    (a peer link keeps it while its ``ms``, version and path stay the same)."""
+    return b"FWD %d %d %s " % (max(ms, 0), version, ",".join(path).encode("ascii"))
+
+
+def forward_request(line: bytes) -> bytes:
+    """The end of a ``FWD`` line: the request line as a client sent it."""
+    return line.rstrip(b"\r\n") + b"\r\n"
 
 
 #: The words of a ``FWD`` line before the request it carries.
@@ -366,21 +375,40 @@ def parse_forward(words: list[bytes]) -> tuple[float, int, tuple[str, ...]]:
     """
     if len(words) <= FORWARD_WORDS:
         raise ProtocolError("FWD needs <ms left> <version> <path> <request>")
-    ms = words[1]
+    if len(words[3]) > _CACHED_PATH:  # checked each time, not kept in the cache
+        return _forward_fields.__wrapped__(words[1], words[2], words[3])
+    return _forward_fields(words[1], words[2], words[3])
+
+
+#: The longest path field whose parse is cached (the cache holds 256 of them).
+_CACHED_PATH = 1024
+
+
+@functools.lru_cache(maxsize=256)
+def _forward_fields(
+    ms: bytes, version: bytes, path: bytes
+) -> tuple[float, int, tuple[str, ...]]:
+    """The fields of a ``FWD`` line, checked. Cached: a peer sends the same few
+    over and over (its budget is the timeout less a margin, in whole ms, and its
+    path and version change with the table). An error is not cached: a peer that
+    sends malformed lines pays for each."""
     if not ms.isdigit() or len(ms) > 9 or int(ms) > MAX_BUDGET_MS:
         raise ProtocolError(f"FWD budget {ms[:20]!r} is not 0..{MAX_BUDGET_MS} ms")
-    version = words[2]
     if not version.isdigit() or len(version) > 18:
         raise ProtocolError(f"FWD table version {version[:20]!r} is not a number")
     try:
-        path = tuple(
-            check_node_name(name) for name in words[3].decode("ascii").split(",")
-        )
+        nodes = tuple(check_node_name(name) for name in path.decode("ascii").split(","))
     except (UnicodeDecodeError, PyroKVError):
-        raise ProtocolError(f"FWD path {words[3][:60]!r} is not node names") from None
-    return int(ms) / 1000, int(version), path
+        raise ProtocolError(f"FWD path {path[:60]!r} is not node names") from None
+    return int(ms) / 1000, int(version), nodes
 
 
 def framed(reply: bytes) -> bytes:
     """A reply to a ``FWD`` line: its length on a line of its own, then the reply."""
-    return b"%d\r\n%s" % (len(reply), reply)
+    size = len(reply)
+    return (_FRAME_HEADS[size] if size < 256 else b"%d\r\n" % size) + reply
+
+
+#: The length lines of replies shorter than 256 bytes, made once: formatting one
+#: costs more than the rest of a peer's request.
+_FRAME_HEADS = tuple(b"%d\r\n" % size for size in range(256))

@@ -85,7 +85,7 @@ def inner_budget(left: float) -> float:
     The next node gives up first and says why, so the node nearest a fault reports
     it, naming the slow or missing node, before the caller's own clock runs out.
     """
-    return left - min(0.5, left * 0.1)
+    return left - (0.5 if left > 5.0 else left * 0.1)  # min(0.5, left * 0.1)
 
 
 class Routing:

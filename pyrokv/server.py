@@ -285,10 +285,14 @@ class _Connection(asyncio.Protocol):
                     if size > _FLUSH:  # bound the replies of one packet
                         self._write(out)
                         size = 0
-                else:
+                else:  # another node's bucket (a Hop), or none, or one arriving
                     self._route(words, line, handler[2], decision, out)
                     fresh = server.routing.fresh  # a table switch may have run
                     hashed = server.routing.hashed
+            elif self.peer is not None and words and words[0] == FORWARD:
+                self._forwarded(words, line, out)  # another node's request
+                fresh = server.routing.fresh  # a table switch may have run
+                hashed = server.routing.hashed
             else:
                 self._other(words, line, out)
                 fresh = server.routing.fresh
@@ -352,8 +356,7 @@ class _Connection(asyncio.Protocol):
                 return
             self._park(words, line, verb, deadline, ())
             return
-        assert isinstance(decision, Hop)
-        self._send(words, line, verb, decision, deadline, out)
+        self._send(words, line, verb, decision, deadline, out)  # type: ignore[arg-type]
 
     def _here(self, words: list[bytes], verb: Verb, out: list[bytes]) -> None:
         """A request for a bucket of this node, off the hot path (a bucket that
@@ -502,12 +505,19 @@ class _Connection(asyncio.Protocol):
             if handler is None or len(inner) != handler[0]:
                 out.append(protocol.framed(protocol.UNKNOWN))
                 return
-            bucket = inner[1].decode("utf-8", "surrogateescape")
-            if version != server.routing.version:  # the one compare a version costs
+            routing = server.routing
+            if version != routing.version:  # the one compare a version costs
                 path = server.router.catch_up(version, path)  # type: ignore[assignment]
-            decision = server.routing.decide(bucket, path)
-            if decision is WAIT and server.router.ready(bucket):
-                decision = HERE  # arrived whole: served before the rest
+            # A bucket of this node is served here whatever the path: its slot's
+            # precomputed decision says so (as for a client's request); any other
+            # decision depends on the path, and is made in full.
+            word = inner[1]
+            decision = routing.fresh[_crc32(word) & 255 if routing.hashed else word[0]]
+            if decision is not HERE:
+                bucket = word.decode("utf-8", "surrogateescape")
+                decision = routing.decide(bucket, path)
+                if decision is WAIT and server.router.ready(bucket):
+                    decision = HERE  # arrived whole: served before the rest
             if decision is HERE:
                 name = handler[2].name.decode()
                 try:
@@ -651,15 +661,21 @@ class _Connection(asyncio.Protocol):
         if self.framed:
             reply = protocol.framed(reply)
             self.framed = False
-        if self.transport is None or self.closing:
+        transport = self.transport
+        if transport is None or self.closing:
             return
-        self._write([reply])
+        transport.write(reply)
+        if self.hold & _BLOCKED and transport.get_write_buffer_size() > HARD_LIMIT:
+            self._abort()
         if self.closing_after:
             self.closing = True
-            self.transport.close()
+            transport.close()
             return
-        self._touch()
-        self._run()
+        self.active = _monotonic()  # the loop's clock; see _touch
+        if self.idle is None:
+            self._touch()
+        if self.queue or self.eof or self.paused or self.closing:
+            self._run()  # (with nothing queued, _run would do nothing)
 
     def _touch(self) -> None:
         # Activity only moves a timestamp; the one timer checks it when it fires.
