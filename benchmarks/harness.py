@@ -103,6 +103,8 @@ class BenchOptions:
     #: the range the move cases move: keys in all, and buckets
     move_keys: int = 100_000
     move_buckets: int = 1_000
+    #: keys of the ycsb case (in 1,000 buckets)
+    ycsb_keys: int = 100_000
 
 
 # -- helper processes -----------------------------------------------------------
@@ -308,7 +310,7 @@ class Suite:
             echo = self._helper(
                 "echo server", script("baselines.py"), "echo", "v\\r\\nOK\\r\\n"
             )
-        if self.wants("routed_get", "api"):
+        if self.wants("routed_get", "api", "client"):
             bare = self._helper(
                 "bare Pyro5 daemon", script("baselines.py"), "pyro", "zoo", "k", "v"
             )
@@ -322,6 +324,8 @@ class Suite:
             "metrics",
             "durable",
             "move_load",
+            "sizes",
+            "ycsb",
         ):
             self.workers = [
                 self._helper(f"load client {i}", script("loadgen.py"))

@@ -92,7 +92,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if __package__ in (None, ""):  # run as `python benchmarks/run.py`
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import cases, moves  # noqa: E402
+from benchmarks import cases, clientcases, moves  # noqa: E402
 from benchmarks.harness import (  # noqa: E402
     BenchError,
     BenchOptions,
@@ -115,6 +115,9 @@ CASES: dict[str, Callable[[Suite, int], None]] = {
     "durable": cases.durable,
     "moves": moves.moves,
     "move_load": moves.move_load,
+    "client": clientcases.client,
+    "sizes": clientcases.sizes,
+    "ycsb": clientcases.ycsb,
 }
 
 
@@ -189,6 +192,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[BenchOptions, argparse.Names
         mem_keys=args.mem_keys or (10_000 if quick else 1_000_000),
         move_keys=10_000 if quick else 100_000,
         move_buckets=100 if quick else 1_000,
+        ycsb_keys=10_000 if quick else 100_000,
         key_sizes=[1_000, 10_000] if quick else [1_000, 1_000_000],
         api_calls=2_000 if quick else 20_000,
         api_repeats=3 if quick else 7,
