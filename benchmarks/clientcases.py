@@ -21,7 +21,7 @@
 
 The processes these cases need beyond the suite's are started on first use and
 stopped with the suite. Each case's measures take turns in slices of a window of
-half the suite's ``--duration`` (:func:`interleave`).
+half the suite's ``--duration`` (:func:`interleave`, :func:`window`).
 """
 
 from __future__ import annotations
@@ -59,6 +59,8 @@ YCSB_BUCKETS = 1_000
 #: space is smaller).
 YCSB_REQUESTS = 40_000
 PIPELINE = 100
+#: The name the suite gives its bare Pyro5 daemon (harness.py).
+BARE = "bare Pyro5 daemon"
 
 
 @dataclass
@@ -116,7 +118,9 @@ def extras(suite: Suite) -> Extras:
             str(PIPELINE),
         )
     if suite.wants("sizes"):
-        echoes["PUT"] = helper("echo server (PUT)", script("baselines.py"), "echo", "OK\\r\\n")
+        echoes["PUT"] = helper(
+            "echo server (PUT)", script("baselines.py"), "echo", "OK\\r\\n"
+        )
         for label, size in SIZES.items():
             echoes[label] = helper(
                 f"echo server ({label})",
@@ -148,7 +152,9 @@ def extras(suite: Suite) -> Extras:
         got.routed = answer["routed"]
     if got.client is not None:
         got.client.wait_ready(timeout=START_TIMEOUT)
-    suite.log(f"# started the client, sizes and ycsb extras in {time.monotonic() - started:.1f}s")
+    suite.log(
+        f"# started the client, sizes and ycsb extras in {time.monotonic() - started:.1f}s"
+    )
     return got
 
 
@@ -177,7 +183,9 @@ def _fill_ycsb(suite: Suite, keys: int) -> None:
     owners = {"foo": suite.addresses["foo"], "bar": suite.addresses["bar"]}
     by_owner: dict[str, list[int]] = {"foo": [], "bar": []}
     for k in range(keys):
-        by_owner["bar" if ycsbload.bucket_of(k, YCSB_BUCKETS)[0] >= "n" else "foo"].append(k)
+        by_owner[
+            "bar" if ycsbload.bucket_of(k, YCSB_BUCKETS)[0] >= "n" else "foo"
+        ].append(k)
     for owner, numbers in by_owner.items():
         with Conn(owners[owner], timeout=TEXT_TIMEOUT) as conn:
             names = sorted({ycsbload.bucket_of(k, YCSB_BUCKETS) for k in numbers})
@@ -199,8 +207,11 @@ def _fill_ycsb(suite: Suite, keys: int) -> None:
 
 
 def window(suite: Suite) -> float:
-    """Seconds each measure of these cases runs in a round: half of ``--duration``."""
-    return suite.options.duration / 2
+    """Seconds each measure of these cases runs in a round: half of ``--duration``
+    (a quarter when that is under a second, as with ``--quick``: these cases have
+    many measures)."""
+    duration = suite.options.duration
+    return duration / 2 if duration >= 1 else duration / 4
 
 
 def interleave(
@@ -239,16 +250,24 @@ def client(suite: Suite, r: int) -> None:
     vs single calls."""
     add = suite.results.add
     seconds = window(suite)
+    helper = extras(suite).client
+    assert helper is not None
+    assert suite.cluster is not None
+    bare_pid = next(h.proc.pid for h in suite.helpers if h.name == BARE)
+    servers = [suite.cluster.nodes["foo"].proc.pid, bare_pid]
     for threads in (1, 8):
-        got, bare = interleave(
-            suite,
-            r,
-            [
-                partial(_client_rate, suite, "get", threads),
-                partial(_client_rate, suite, "bare", threads),
-            ],
-            seconds,
-        )
+        # one thread is a ping-pong: pinned as local_get pins one connection
+        one = threads == 1
+        with pinned(servers if one else [], [helper.proc.pid] if one else []):
+            got, bare = interleave(
+                suite,
+                r,
+                [
+                    partial(_client_rate, suite, "get", threads),
+                    partial(_client_rate, suite, "bare", threads),
+                ],
+                seconds,
+            )
         each = f"{threads} thread{'s' if threads > 1 else ''}"
         add("client", f"Client.get local, {each}", "ops/s", r, got)
         add("client", f"bare Pyro5 call, {each}", "ops/s", r, bare)
@@ -260,15 +279,16 @@ def client(suite: Suite, r: int) -> None:
             ratio(got, bare),
             Target(">=", 0.9) if threads == 1 else None,
         )
-    many, single = interleave(
-        suite,
-        r,
-        [
-            partial(_client_rate, suite, "pipeline", 1),
-            partial(_client_rate, suite, "get", 1),
-        ],
-        seconds,
-    )
+    with pinned(servers, [helper.proc.pid]):
+        many, single = interleave(
+            suite,
+            r,
+            [
+                partial(_client_rate, suite, "pipeline", 1),
+                partial(_client_rate, suite, "get", 1),
+            ],
+            seconds,
+        )
     add("client", f"GETs in pipelines of {PIPELINE}, 1 thread", "ops/s", r, many)
     add("client", "GETs in single Client.get calls, 1 thread", "ops/s", r, single)
     add(

@@ -100,7 +100,9 @@ class Zipfian:
             return 0
         if uz < self.zeta2:
             return 1
-        return min(int(self.n * (self.eta * u - self.eta + 1.0) ** self.alpha), self.n - 1)
+        return min(
+            int(self.n * (self.eta * u - self.eta + 1.0) ** self.alpha), self.n - 1
+        )
 
 
 class ScrambledZipfian:
@@ -141,7 +143,9 @@ def requests(
     return out, routed / count
 
 
-def percentiles(latencies: list[float], points: tuple[float, ...]) -> tuple[dict[str, float], str]:
+def percentiles(
+    latencies: list[float], points: tuple[float, ...]
+) -> tuple[dict[str, float], str]:
     """Percentiles (µs) of ``latencies`` (seconds): from an HdrHistogram when the
     ``hdrhistogram`` package is installed, else from the sorted list."""
     if not latencies:
@@ -152,7 +156,8 @@ def percentiles(latencies: list[float], points: tuple[float, ...]) -> tuple[dict
         ordered = sorted(latencies)
         last = len(ordered) - 1
         return {
-            f"p{p:g}_us": ordered[min(last, math.ceil(p / 100 * len(ordered)) - 1)] * 1e6
+            f"p{p:g}_us": ordered[min(last, math.ceil(p / 100 * len(ordered)) - 1)]
+            * 1e6
             for p in points
         }, "sorted list"
     histogram = HdrHistogram(1, 60_000_000, 3)  # 1 µs .. 60 s, 3 digits
@@ -199,11 +204,15 @@ def _worker(
             while len(reply) < size:
                 more = recv(65536)
                 if not more:
-                    raise ConnectionError(f"server closed the connection; got {reply!r}")
+                    raise ConnectionError(
+                        f"server closed the connection; got {reply!r}"
+                    )
                 reply += more
             now = clock()
             if len(reply) != size or not reply.endswith(ok if size > 4 else b"OK\r\n"):
-                raise ValueError(f"unexpected reply {reply[:200]!r} to {request[:80]!r}")
+                raise ValueError(
+                    f"unexpected reply {reply[:200]!r} to {request[:80]!r}"
+                )
             if now >= end:
                 break
             if sent >= start:
@@ -223,7 +232,11 @@ class Load:
         routed = {}
         for i, (name, reads) in enumerate(sorted(job["reads"].items())):
             items, share = requests(
-                int(job["keys"]), int(job["buckets"]), float(reads), int(job["count"]), i
+                int(job["keys"]),
+                int(job["buckets"]),
+                float(reads),
+                int(job["count"]),
+                i,
             )
             self.workloads[name] = items
             routed[name] = share
@@ -267,10 +280,8 @@ def main() -> int:
             continue
         try:
             job = json.loads(line)
-            if job["kind"] == "prepare":
-                result = load.prepare(job)
-            else:
-                result = load.run(job)
+            run = load.prepare if job["kind"] == "prepare" else load.run
+            result = run(job)
         except BaseException:
             result = {"error": traceback.format_exc()}
         print(json.dumps(result), flush=True)

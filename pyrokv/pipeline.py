@@ -213,9 +213,10 @@ def runs(items: list[list[Any]]) -> list[list[Any]] | None:
     width = 0
     flat: list[Any] = []
     for bucket, name, args in items:
-        if not args or args[0] is not bucket and (
-            type(args[0]) is not type(bucket) or args[0] != bucket
-        ):
+        same = args and (
+            args[0] is bucket or (type(args[0]) is type(bucket) and args[0] == bucket)
+        )
+        if not same:
             return None
         if name != func or len(args) != width:
             func, width, flat = name, len(args), []

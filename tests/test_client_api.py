@@ -13,6 +13,7 @@ import pytest
 from tlstesting import make_pki, restore_pyro_config
 
 import pyrokv
+import pyrokv.pipeline
 from pyrokv import (
     BucketNotFoundError,
     Client,
@@ -27,7 +28,6 @@ from pyrokv import (
 from pyrokv.client import parse_ns
 from pyrokv.cluster import Child, spawn_nameserver, spawn_node
 from pyrokv.guard import MAX_STRUCTURE
-import pyrokv.pipeline
 from pyrokv.pipeline import Pipeline, chunks, runs
 from pyrokv.protocol import VERBS
 from pyrokv.routing import Hop
@@ -328,7 +328,9 @@ def test_a_pipeline_of_the_verbs_goes_in_one_compact_call(
             )
         ]
         sent.clear()
-        got = kv.pipeline().get(bucket, "a").route(bucket, "pyrokv.tasks.ping").execute()
+        got = (
+            kv.pipeline().get(bucket, "a").route(bucket, "pyrokv.tasks.ping").execute()
+        )
         assert got == [1, "PONG"]
         assert sent == [(2, None)]
 
