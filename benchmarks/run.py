@@ -62,6 +62,16 @@ Cases (``--only`` takes these names, comma-separated):
 - ``move_load``: 8 connections GET buckets that stay while range ``c`` moves in
   the middle of their window, against their rate before and after the move in the
   same window; targets >= 0.6x and the move <= 10 s (issue 11).
+- ``client``: ``Client.get`` of a bucket on the node the client talks to, from 1 and
+  8 threads of a process of its own, vs the bare Pyro5 call from the same process
+  (target for 1 thread >= 0.9x); ``Client.pipeline()`` of 100 GETs vs single
+  ``Client.get`` calls, in GETs/s (target >= 10x) (issue 14).
+- ``sizes``: text GET and PUT of 100 B, 4 KiB and 60 KiB values, local and routed,
+  1 connection, in MB/s, vs echo servers giving replies of the same size (targets
+  for 60 KiB GET: local >= 0.8x, routed >= 0.4x) (issue 14).
+- ``ycsb``: YCSB workloads A, B and C (zipfian keys over 10^5 keys in 1,000
+  buckets, about half routed), 8 connections to foo: ops/s, p50 and p99, beside
+  the plain local GET (issue 14).
 
 Eight connections come, by default (``--clients auto``), from 8 threads of one client
 process for the text protocol and from 8 client processes for Pyro5: on a 2-core
