@@ -201,7 +201,7 @@ def _worker(
             sent = clock()
             sendall(request)
             reply = recv(65536)
-            while len(reply) < size:
+            while len(reply) < size and not reply.startswith(b"ERR"):
                 more = recv(65536)
                 if not more:
                     raise ConnectionError(
