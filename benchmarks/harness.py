@@ -108,6 +108,8 @@ class BenchOptions:
     #: without a target stops at (0: no limit)
     latency_requests: int = 100_000
     latency_seconds: float = 3.0
+    #: keys of the ycsb case (in 1,000 buckets)
+    ycsb_keys: int = 100_000
 
 
 # -- helper processes -----------------------------------------------------------
@@ -314,7 +316,7 @@ class Suite:
             echo = self._helper(
                 "echo server", script("baselines.py"), "echo", "v\\r\\nOK\\r\\n"
             )
-        if self.wants("routed_get", "api", "latency"):
+        if self.wants("routed_get", "api", "latency", "client"):
             bare = self._helper(
                 "bare Pyro5 daemon", script("baselines.py"), "pyro", "zoo", "k", "v"
             )
@@ -329,6 +331,8 @@ class Suite:
             "durable",
             "move_load",
             "latency",
+            "sizes",
+            "ycsb",
         ):
             self.workers = [
                 self._helper(f"load client {i}", script("loadgen.py"))

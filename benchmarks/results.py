@@ -136,6 +136,8 @@ class Results:
             return f"{value:,.2f}" if value < 100 else f"{value:,.1f}"
         if unit == "%":
             return f"{value:.1f}%"
+        if unit == "MB/s":
+            return f"{value:,.1f}" if value >= 10 else f"{value:.3f}"
         if unit == "s":
             return f"{value:.3f}"
         return f"{value:g}"

@@ -73,6 +73,16 @@ Cases (``--only`` takes these names, comma-separated):
   HdrHistogram: local GET and PUT against the echo server, routed GET against
   the bare Pyro5 call; target: p99 at 50 % <= 1.5x the baseline's (first round
   only; see ``latency.py``).
+- ``client``: ``Client.get`` of a bucket on the node the client talks to, from 1 and
+  8 threads of a process of its own, vs the bare Pyro5 call from the same process
+  (target for 1 thread >= 0.9x); ``Client.pipeline()`` of 100 GETs vs single
+  ``Client.get`` calls, in GETs/s (target >= 10x) (issue 14).
+- ``sizes``: text GET and PUT of 100 B, 4 KiB and 60 KiB values, local and routed,
+  1 connection, in MB/s, vs echo servers giving replies of the same size (targets
+  for 60 KiB GET: local >= 0.8x, routed >= 0.4x) (issue 14).
+- ``ycsb``: YCSB workloads A, B and C (zipfian keys over 10^5 keys in 1,000
+  buckets, about half routed), 8 connections to foo: ops/s, p50 and p99, beside
+  the plain local GET (issue 14).
 
 Eight connections come, by default (``--clients auto``), from 8 threads of one client
 process for the text protocol and from 8 client processes for Pyro5: on a 2-core
@@ -103,7 +113,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if __package__ in (None, ""):  # run as `python benchmarks/run.py`
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import cases, latency, moves  # noqa: E402
+from benchmarks import cases, clientcases, latency, moves  # noqa: E402
 from benchmarks.harness import (  # noqa: E402
     BenchError,
     BenchOptions,
@@ -127,6 +137,9 @@ CASES: dict[str, Callable[[Suite, int], None]] = {
     "moves": moves.moves,
     "move_load": moves.move_load,
     "latency": latency.latency,
+    "client": clientcases.client,
+    "sizes": clientcases.sizes,
+    "ycsb": clientcases.ycsb,
 }
 
 
@@ -228,6 +241,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[BenchOptions, argparse.Names
         mem_keys=args.mem_keys or (10_000 if quick else 1_000_000),
         move_keys=10_000 if quick else 100_000,
         move_buckets=100 if quick else 1_000,
+        ycsb_keys=10_000 if quick else 100_000,
         key_sizes=[1_000, 10_000] if quick else [1_000, 1_000_000],
         api_calls=2_000 if quick else 20_000,
         api_repeats=3 if quick else 7,

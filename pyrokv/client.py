@@ -32,6 +32,7 @@ from .pipeline import Pipeline, send_batches
 from .protocol import VERBS
 from .proxies import checked_proxy
 from .router import DEFAULT_TIMEOUT, Router
+from .routing import Hop
 from .table import RoutingTable
 from .wire import use_tls
 
@@ -275,8 +276,17 @@ class Client:
         return self._router.via(self._via, bucket, func, args, kwargs, timeout=left)
 
     def _verb(self, word: bytes, *args: Any) -> Any:
-        """Run the task of text-protocol verb ``word`` on the owner of ``args[0]``."""
-        return self.route(args[0], VERBS[word].task_name, list(args))
+        """Run the task of text-protocol verb ``word`` on the owner of ``args[0]``:
+        :meth:`route`, on the shortest path (every call of the API takes it)."""
+        if self._closed:
+            self._check_open()
+        router = self._router
+        deadline = time.monotonic() + router.timeout
+        node = self._via
+        if node is None:
+            node = self._via = self._pick_node(deadline)
+        hop = Hop(node, ())
+        return router.send(hop, args[0], VERBS[word].task_name, args, None, deadline)
 
     def create(self, bucket: str) -> None:
         """Create ``bucket`` on its owner (no change if it exists)."""

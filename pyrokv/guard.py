@@ -20,8 +20,9 @@ Pyro5 objects. So, process-wide, for the daemons of ``pyrokv node`` and
   nodes a URI in a request too (nodes take none; the name server's ``register``
   does).
 
-:func:`check_path`, :func:`check_budget` and :func:`check_items` then check the
-arguments of ``TaskRunner.route``/``route_batch`` before they are used.
+:func:`check_path`, :func:`check_budget`, :func:`check_items` and :func:`check_runs`
+then check the arguments of ``TaskRunner.route``/``route_batch``/``route_runs`` before
+they are used.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ __all__ = [
     "check_items",
     "check_kwargs",
     "check_path",
+    "check_runs",
     "check_version",
     "guard_daemons",
     "structure_size",
@@ -253,4 +255,36 @@ def check_items(items: object) -> list[tuple[Any, str, Sequence[Any]]]:
                 "each item must be [bucket (str), func (str), args (list)]"
             )
         checked.append((item[0], item[1], item[2]))
+    return checked
+
+
+def check_runs(runs: object) -> list[tuple[Any, str, Sequence[Any]]]:
+    """A client pipeline's ``runs`` (see :meth:`pyrokv.TaskRunner.route_runs`) as
+    (bucket, func, args) triples, checked: each run is ``[func, width, flat]``, and
+    every ``width`` arguments of ``flat`` are one call, whose bucket is the first."""
+    if not isinstance(runs, (list, tuple)):
+        raise TaskArgumentError("runs must be a list of [func, width, args]")
+    checked: list[tuple[Any, str, Sequence[Any]]] = []
+    for run in runs:
+        if (
+            not isinstance(run, (list, tuple))
+            or len(run) != 3
+            or not isinstance(run[0], str)
+            or type(run[1]) is not int
+            or run[1] < 1
+            or not isinstance(run[2], (list, tuple))
+            or len(run[2]) % run[1]
+        ):
+            raise TaskArgumentError(
+                "each run must be [func (str), width (int >= 1), args (a list of "
+                "width arguments per call)]"
+            )
+        func, width, flat = run
+        for start in range(0, len(flat), width):
+            args = flat[start : start + width]
+            if not isinstance(args[0], (str, bytes)):
+                raise TaskArgumentError(
+                    "the first argument of each call in a run is its bucket: str or bytes"
+                )
+            checked.append((args[0], func, args))
     return checked

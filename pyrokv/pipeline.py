@@ -1,11 +1,13 @@
 """Pipelines: many client calls sent in one Pyro5 call, as redis-py's pipelines do.
 
 A :class:`Pipeline` queues calls made on it; :meth:`Pipeline.execute` sends them
-to the client's node as ``[bucket, func, args]`` items of one
-``TaskRunner.route_batch`` call, which decides each item once and sends every
-other owner its share in one call (see :meth:`pyrokv.TaskRunner.route_batch`).
-A pipeline that would pass a node's message limits (:mod:`pyrokv.guard`) goes in
-several calls, in order (:func:`chunks`).
+to the client's node in one ``TaskRunner.route_runs`` call (the calls in a compact
+form, :func:`runs`) or, for calls whose first argument is not their bucket, as
+``[bucket, func, args]`` items of one ``TaskRunner.route_batch`` call; the node
+decides each item once and sends every other owner its share in one call (see
+:meth:`pyrokv.TaskRunner.route_batch`). A pipeline that would pass a node's message
+limits (:mod:`pyrokv.guard`) goes in several ``route_batch`` calls, in order
+(:func:`chunks`).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ if TYPE_CHECKING:
     from .client import Client
     from .router import Router
 
-__all__ = ["Pipeline", "chunks", "send_batches"]
+__all__ = ["Pipeline", "chunks", "runs", "send_batches"]
 
 
 class Pipeline:
@@ -201,6 +203,37 @@ def chunks(
     return runs
 
 
+def runs(items: list[list[Any]]) -> list[list[Any]] | None:
+    """``items`` in the compact form of :meth:`pyrokv.TaskRunner.route_runs`: calls
+    of one task in a row, with as many arguments each, as ``[func, width, args]``;
+    None when a call's first argument is not its bucket (then the items go as
+    they are, to ``route_batch``)."""
+    out: list[list[Any]] = []
+    func: Any = None
+    width = 0
+    flat: list[Any] = []
+    for bucket, name, args in items:
+        same = args and (
+            args[0] is bucket or (type(args[0]) is type(bucket) and args[0] == bucket)
+        )
+        if not same:
+            return None
+        if name != func or len(args) != width:
+            func, width, flat = name, len(args), []
+            out.append([func, width, flat])
+        flat += args
+    return out
+
+
+def _fits(data: Any, max_message: int) -> bool:
+    """Whether ``data`` passes a node's message limits in one call (see :func:`chunks`)."""
+    whole = _dumps(data)
+    return (
+        len(whole) <= max(max_message - _CALL_MARGIN, 1)
+        and structure_size(whole) <= MAX_STRUCTURE - _STRUCTURE_MARGIN
+    )
+
+
 def send_batches(
     router: Router,
     node: str,
@@ -208,33 +241,79 @@ def send_batches(
     max_message: int,
     timeout: float,
 ) -> list[list[Any]]:
-    """Send ``[bucket, func, args]`` items to ``node``'s ``TaskRunner.route_batch``,
-    in as few calls as its message limits allow (:func:`chunks`), one after another.
+    """Send ``[bucket, func, args]`` items to ``node`` in as few calls as its message
+    limits allow, one after another: one ``TaskRunner.route_runs`` call when every
+    call's first argument is its bucket (the verbs' calls) and their compact form
+    (:func:`runs`) fits in one message; else ``TaskRunner.route_batch`` calls of
+    the runs of items that fit (:func:`chunks`).
 
     Returns ``[ok, value]`` per item, in order. Each call may take ``timeout``
     seconds. An item too large to send on its own holds a :class:`TaskArgumentError`. When a call fails as a whole (the node cannot be reached, or answers
     out of protocol), its items and every item after them hold that error: nothing
     after it is sent, so calls queued later never run before calls queued earlier.
     """
+    # The common case, checked without serializing the items: the compact form
+    # fits in one call. Otherwise the items go in runs that fit, as they are.
+    compact = runs(items)
+    whole = compact is not None and _fits(compact, max_message)
     results: list[list[Any]] = []
-    for chunk in chunks(items, max_message):
+    for chunk in [items] if whole else chunks(items, max_message):
         if isinstance(chunk, TaskArgumentError):  # one item, too large to send
             results.append([False, chunk])
             continue
         try:
-            replies = router.send_batch(
-                Hop(node, ()), chunk, time.monotonic() + timeout
+            replies = _send_chunk(
+                router, node, chunk, compact if whole else None, timeout
             )
-            if not isinstance(replies, list) or len(replies) != len(chunk):
-                raise UndecodableReplyError(
-                    f"node {node!r} answered a batch of {len(chunk)} requests "
-                    "with something else than one result for each"
-                )
         except Exception as exc:  # the call failed: the error is each item's result
             results += [[False, exc]] * (len(items) - len(results))
             break
-        results += [_checked(reply, node) for reply in replies]
+        results += replies
     return results
+
+
+def _send_chunk(
+    router: Router,
+    node: str,
+    chunk: list[list[Any]],
+    compact: list[list[Any]] | None,
+    timeout: float,
+) -> list[list[Any]]:
+    """One call to ``node`` for ``chunk``, sent as ``compact`` when that is not None;
+    ``[ok, value]`` per item. Raises when the call fails as a whole."""
+    deadline = time.monotonic() + timeout
+    if compact is None:
+        replies = router.send_batch(Hop(node, ()), chunk, deadline)
+        if not isinstance(replies, list) or len(replies) != len(chunk):
+            raise _not_one_each(node, len(chunk))
+        return [_checked(reply, node) for reply in replies]
+    reply = router.proxies.call(
+        node,
+        deadline - time.monotonic(),
+        lambda proxy, inner: proxy.route_runs(compact, inner),
+    )
+    if (
+        not isinstance(reply, (list, tuple))
+        or len(reply) != 2
+        or not isinstance(reply[0], list)
+        or len(reply[0]) != len(chunk)
+        or not isinstance(reply[1], dict)
+    ):
+        raise _not_one_each(node, len(chunk))
+    values, errors = reply
+    results = [[True, value] for value in values]
+    for index, error in errors.items():
+        if type(index) is not int or not 0 <= index < len(chunk):
+            raise _not_one_each(node, len(chunk))
+        results[index] = _checked([False, error], node)
+    return results
+
+
+def _not_one_each(node: str, count: int) -> UndecodableReplyError:
+    return UndecodableReplyError(
+        f"node {node!r} answered a batch of {count} requests with something else "
+        "than one result for each"
+    )
 
 
 def _checked(reply: Any, node: str) -> list[Any]:

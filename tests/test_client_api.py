@@ -13,6 +13,7 @@ import pytest
 from tlstesting import make_pki, restore_pyro_config
 
 import pyrokv
+import pyrokv.pipeline
 from pyrokv import (
     BucketNotFoundError,
     Client,
@@ -27,7 +28,7 @@ from pyrokv import (
 from pyrokv.client import parse_ns
 from pyrokv.cluster import Child, spawn_nameserver, spawn_node
 from pyrokv.guard import MAX_STRUCTURE
-from pyrokv.pipeline import Pipeline, chunks
+from pyrokv.pipeline import Pipeline, chunks, runs
 from pyrokv.protocol import VERBS
 from pyrokv.routing import Hop
 from pyrokv.wire import tls_configured
@@ -294,6 +295,66 @@ def test_a_pipeline_through_an_unreachable_node_fills_every_slot(
     with Client(guide, via="nowhere", timeout=2) as kv:
         results = kv.pipeline().create("apple").get("apple", "k").execute()
     assert [type(r) for r in results] == [NodeNotRegisteredError] * 2
+
+
+def test_a_pipeline_of_the_verbs_goes_in_one_compact_call(
+    guide: tuple[str, int], unique: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Calls whose first argument is their bucket go as one route_runs call, in
+    runs of one task; a route with other arguments sends the pipeline as items."""
+    sent: list[tuple[int, list[list[Any]] | None]] = []
+    original = pyrokv.pipeline._send_chunk
+
+    def spy(router: Any, node: str, chunk: Any, compact: Any, timeout: float) -> Any:
+        sent.append((len(chunk), compact))
+        return original(router, node, chunk, compact, timeout)
+
+    monkeypatch.setattr(pyrokv.pipeline, "_send_chunk", spy)
+    bucket = f"z{unique}"
+    with Client(guide, via="foo") as kv:
+        p = kv.pipeline().create(bucket).put(bucket, "a", 1).put(bucket, "b", 2)
+        p.get(bucket, "a").get(bucket, "b").get(f"znosuch{unique}", "a")
+        results = p.execute()
+        assert results[:5] == [None, None, None, 1, 2]
+        assert type(results[5]) is BucketNotFoundError
+        assert sent == [
+            (
+                6,
+                [
+                    [CREATE, 1, [bucket]],
+                    [PUT, 3, [bucket, "a", 1, bucket, "b", 2]],
+                    [GET, 2, [bucket, "a", bucket, "b", f"znosuch{unique}", "a"]],
+                ],
+            )
+        ]
+        sent.clear()
+        got = (
+            kv.pipeline().get(bucket, "a").route(bucket, "pyrokv.tasks.ping").execute()
+        )
+        assert got == [1, "PONG"]
+        assert sent == [(2, None)]
+
+
+def test_runs_group_calls_of_one_task_in_a_row() -> None:
+    """runs() keeps call order in runs of one task and width; None when a call's
+    first argument is not its bucket."""
+    items = [
+        ["a", GET, ["a", "k"]],
+        ["a", GET, ["a", "j"]],
+        ["b", PUT, ["b", "k", 1]],
+        ["b", GET, ["b", "k"]],
+        ["b", GET, ["b", "k", "default"]],
+    ]
+    assert runs(items) == [
+        [GET, 2, ["a", "k", "a", "j"]],
+        [PUT, 3, ["b", "k", 1]],
+        [GET, 2, ["b", "k"]],
+        [GET, 3, ["b", "k", "default"]],
+    ]
+    assert runs([["a", GET, ["b", "k"]]]) is None
+    assert runs([["a", "pyrokv.tasks.ping", []]]) is None
+    assert runs([[b"a", GET, ["a", "k"]]]) is None
+    assert runs([]) == []
 
 
 def test_a_pipeline_past_the_structure_limit_is_split(

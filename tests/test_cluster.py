@@ -326,6 +326,40 @@ def test_a_batch_carries_results_and_errors_per_item(
     ]
 
 
+def test_route_runs_answers_values_and_errors_by_index(
+    ns: tuple[str, int], unique: str
+) -> None:
+    """route_runs takes calls in runs of one task (bucket first) and answers every
+    result in order, None where a call failed, and the failures by index;
+    malformed runs are refused with TaskArgumentError."""
+    one = f"one{unique}"
+    table = RoutingTable.parse(f"a..z={one}")
+    with pyrokv.start_node(one, table, ns) as a:
+        create, put, get = (f"pyrokv.tasks.{v}" for v in ("create", "put", "get"))
+        values, errors = a.runner.route_runs(
+            [
+                [create, 1, ["apple"]],
+                [put, 3, ["apple", "k", 1, "apple", "j", 2]],
+                [get, 2, ["apple", "k", "nosuch", "k", "1x", "k", "apple", "j"]],
+            ]
+        )
+        assert values == [None, None, None, 1, None, None, 2]
+        assert {i: type(e) for i, e in errors.items()} == {
+            4: BucketNotFoundError,
+            5: NoRouteError,
+        }
+        for bad in (
+            "x",
+            [[get, 0, []]],
+            [[get, 2, ["apple"]]],
+            [[get, "2", ["apple", "k"]]],
+            [[get, 2, [1, "k"]]],
+            [[get, 2]],
+        ):
+            with pytest.raises(TaskArgumentError):
+                a.runner.route_runs(bad)
+
+
 def test_the_node_sends_each_owner_its_items_in_one_call(
     ns: tuple[str, int], unique: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

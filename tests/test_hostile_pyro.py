@@ -625,7 +625,8 @@ def _listener() -> Iterator[socket.socket]:
 def test_proxy_and_uri_arguments_never_make_a_node_dial_out(
     pair: tuple[Node, Node], listener: socket.socket
 ) -> None:
-    """A Proxy or URI as args, kwargs, path or items of run/route/route_batch fails; no dial."""
+    """A Proxy or URI as args, kwargs, path, items or runs of run/route/route_batch/
+    route_runs fails; no dial."""
     first, _ = pair
     port = listener.getsockname()[1]
     get = "pyrokv.tasks.get"
@@ -643,6 +644,9 @@ def test_proxy_and_uri_arguments_never_make_a_node_dial_out(
         ("route_batch item", lambda t, b: t.route_batch([b], [], 5.0)),
         ("route_batch args", lambda t, b: t.route_batch([["zoo", get, [b]]], [], 5.0)),
         ("route_batch path", lambda t, b: t.route_batch([["zoo", get, []]], [b], 5.0)),
+        ("route_runs runs", lambda t, b: t.route_runs(b, 5.0)),
+        ("route_runs run", lambda t, b: t.route_runs([b], 5.0)),
+        ("route_runs args", lambda t, b: t.route_runs([[get, 2, ["zoo", b]]], 5.0)),
     ]
     outcomes: list[str] = []
     for bait in (Proxy(f"PYRO:x@127.0.0.1:{port}"), URI(f"PYRO:x@127.0.0.1:{port}")):
