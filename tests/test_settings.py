@@ -306,6 +306,20 @@ def test_the_file_up_hands_down_reads_back_the_same(
     assert load_settings(handed, {}).nodes == defaults.nodes
 
 
+def test_a_table_of_every_byte_reads_back_from_the_file_up_hands_down(
+    tmp_path: Path,
+) -> None:
+    """A table with an entry per byte (';' and '#' among them, a config file's comment
+    characters) survives save_settings and load_settings whole."""
+    spec = ", ".join(f"0x{b:02x}=n{b % 16:02d}" for b in range(256))
+    settings = Settings().replace(table=RoutingTable.parse(spec))
+    handed = tmp_path / "handed.conf"
+    save_settings(settings, handed)
+    again = load_settings(handed, {})
+    assert again.table == settings.table
+    assert again.table.owner(";") == "n11" and again.table.owner("#") == "n03"
+
+
 def test_the_shipped_config_names_every_setting() -> None:
     """nameserver.conf mentions each declared key and PYROKV_* variable."""
     text = (ROOT / "nameserver.conf").read_text()
