@@ -30,6 +30,7 @@ from pyrokv.store import Store
 from pyrokv.testing import Conn
 
 if TYPE_CHECKING:
+    from benchmarks.many import ManyClusters
     from benchmarks.moves import Mover
 
 __all__ = [
@@ -103,6 +104,9 @@ class BenchOptions:
     #: the range the move cases move: keys in all, and buckets
     move_keys: int = 100_000
     move_buckets: int = 1_000
+    #: the many case: nodes of its big cluster, and idle connections to one node
+    many_nodes: int = 16
+    many_idle: int = 1_000
 
 
 # -- helper processes -----------------------------------------------------------
@@ -267,6 +271,8 @@ class Suite:
         #: Where the durable case keeps its data dirs.
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self.mover: Mover | None = None
+        #: What the many case keeps from round to round (started by its first).
+        self.many: ManyClusters | None = None
 
     def wants(self, *cases: str) -> bool:
         """Whether this run includes any of ``cases``."""
@@ -322,6 +328,7 @@ class Suite:
             "metrics",
             "durable",
             "move_load",
+            "many",
         ):
             self.workers = [
                 self._helper(f"load client {i}", script("loadgen.py"))
@@ -450,6 +457,8 @@ class Suite:
             child.stop()
         if self.mover is not None:
             self.mover.stop()
+        if self.many is not None:
+            self.many.stop()
         for helper in self.helpers:
             helper.stop()
         if self.cluster is not None:

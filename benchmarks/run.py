@@ -92,7 +92,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if __package__ in (None, ""):  # run as `python benchmarks/run.py`
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import cases, moves  # noqa: E402
+from benchmarks import cases, many, moves  # noqa: E402
 from benchmarks.harness import (  # noqa: E402
     BenchError,
     BenchOptions,
@@ -115,6 +115,7 @@ CASES: dict[str, Callable[[Suite, int], None]] = {
     "durable": cases.durable,
     "moves": moves.moves,
     "move_load": moves.move_load,
+    "many": many.many,
 }
 
 
@@ -189,6 +190,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[BenchOptions, argparse.Names
         mem_keys=args.mem_keys or (10_000 if quick else 1_000_000),
         move_keys=10_000 if quick else 100_000,
         move_buckets=100 if quick else 1_000,
+        many_nodes=4 if quick else 16,
+        many_idle=100 if quick else 1_000,
         key_sizes=[1_000, 10_000] if quick else [1_000, 1_000_000],
         api_calls=2_000 if quick else 20_000,
         api_repeats=3 if quick else 7,
