@@ -20,6 +20,7 @@ import asyncio
 import signal
 import sys
 import threading
+from typing import cast
 
 
 def _wait_for_end() -> None:
@@ -46,7 +47,8 @@ class Echo(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # a stream transport (uvloop's are not asyncio.Transport subclasses)
+        transport = cast(asyncio.Transport, transport)
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:

@@ -12,6 +12,7 @@ __all__ = [
     "DEFAULT_ALLOW",
     "DEFAULT_CHANGE_TIMEOUT",
     "DEFAULT_CONFIG",
+    "DEFAULT_EVENT_LOOP",
     "DEFAULT_FSYNC",
     "DEFAULT_HOP_LIMIT",
     "DEFAULT_HOST",
@@ -25,6 +26,7 @@ __all__ = [
     "DEFAULT_TABLE",
     "DEFAULT_TIMEOUT",
     "DEFAULT_WORKERS",
+    "EVENT_LOOPS",
     "FSYNC_MODES",
 ]
 
@@ -61,6 +63,12 @@ DEFAULT_WORKERS = 256
 DEFAULT_FSYNC = "everysec"
 #: Every value of [node NAME] fsync.
 FSYNC_MODES: tuple[str, ...] = ("always", "everysec", "no")
+
+#: [node NAME] event_loop: the text server's event loop: ``auto`` (uvloop when it
+#: is installed, else asyncio's), ``asyncio`` or ``uvloop``.
+DEFAULT_EVENT_LOOP = "auto"
+#: Every value of [node NAME] event_loop.
+EVENT_LOOPS: tuple[str, ...] = ("auto", "asyncio", "uvloop")
 
 #: [node NAME] and [nameserver] max_message: the largest Pyro5 message a daemon
 #: accepts (bytes); a larger one is refused from its header.

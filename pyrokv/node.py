@@ -26,6 +26,7 @@ from . import metrics as metrics_module
 from .daemon import make_daemon
 from .defaults import (
     DEFAULT_ALLOW,
+    DEFAULT_EVENT_LOOP,
     DEFAULT_FSYNC,
     DEFAULT_HOP_LIMIT,
     DEFAULT_HOST,
@@ -47,6 +48,7 @@ from .errors import (
 )
 from .guard import guard_daemons
 from .live import Live
+from .loops import check_event_loop
 from .registry import Registry
 from .router import Router
 from .runner import TaskRunner
@@ -303,6 +305,7 @@ def start_node(
     metrics: tuple[str, int] | None = None,
     data_dir: str | None = None,
     fsync: str = DEFAULT_FSYNC,
+    event_loop: str = DEFAULT_EVENT_LOOP,
 ) -> NodeHandle:
     """Start node ``name`` in this process and register it; return its handle.
 
@@ -317,9 +320,11 @@ def start_node(
     With ``data_dir`` the node's buckets are loaded from there before it registers,
     and every write is recorded there (:mod:`pyrokv.durable`); ``fsync`` says when
     a write is acknowledged (``always``, ``everysec``, ``no``). A dir that cannot be
-    used raises a :class:`DataDirError` naming it.
+    used raises a :class:`DataDirError` naming it. ``event_loop`` picks the text
+    server's event loop (:mod:`pyrokv.loops`: ``auto`` takes uvloop when installed).
     """
     setup_pyro()
+    check_event_loop(event_loop)
     check_node_name(name)
     text_tls = _text_tls(listen, tls, listen_tls, listen_tls_verify_client)
     if metrics is not None:
@@ -356,6 +361,7 @@ def start_node(
             text_tls=text_tls,
             password=password,
             metrics=metrics,
+            event_loop=event_loop,
         )
     except BaseException:
         if isinstance(registry, DurableRegistry):
@@ -412,6 +418,7 @@ def _start_node(
     text_tls: ssl.SSLContext | None,
     password: str | None,
     metrics: tuple[str, int] | None,
+    event_loop: str,
 ) -> NodeHandle:
     """:func:`start_node` once its arguments are checked and its registry loaded."""
     # Pyro5 reads the pool size and message limit from its global config:
@@ -454,6 +461,7 @@ def _start_node(
                 password=None if password is None else password.encode("utf-8"),
                 stats=handle.stats,
                 registry=registry,
+                event_loop=event_loop,
             )
         except OSError as exc:
             daemon.close()
@@ -463,6 +471,7 @@ def _start_node(
                 f"{listen[0]}:{listen[1]}: {exc.strerror or exc}",
             ) from None
     if handle.text is not None:
+        log.info("node %r: event loop: %s", name, handle.text.event_loop)
         router.live.loop = handle.text.loop
         router.live.on_release = handle.text.release
     _join_cluster_table(handle)
@@ -492,8 +501,8 @@ def _start_node(
 
 def _check_options(options: dict[str, Any]) -> None:
     """The checks of :func:`start_node` that need no network: the text port's TLS,
-    the metrics library, the password and secret files. Each raises a
-    :class:`ConfigError`."""
+    the metrics library, the password and secret files, the event loop. Each
+    raises a :class:`ConfigError`."""
     _text_tls(
         options.get("listen"),
         options.get("tls"),
@@ -506,6 +515,7 @@ def _check_options(options: dict[str, Any]) -> None:
         read_password(options["password_file"])
     if options.get("secret_file") is not None:
         peering.read_secret(options["secret_file"])
+    check_event_loop(options.get("event_loop", DEFAULT_EVENT_LOOP))
 
 
 def _text_tls(
