@@ -2,36 +2,49 @@
 
 Run from the repository root, with uvloop installed (``pip install -e '.[fast]'``)::
 
-    python -m benchmarks.loops --rounds 5
+    python -m benchmarks.loops --rounds 5          # rates and CPU per request
+    python -m benchmarks.loops --instructions 8000 # instructions per request (callgrind)
 
-It starts, on free ports of 127.0.0.1, a name server and four pairs of processes,
-each pair once on asyncio's loop and once on uvloop's (a process is put on uvloop
-by setting uvloop's loop policy before pyrokv or the baseline starts, so the same
-code runs on either loop):
+It starts, on free ports of 127.0.0.1, a name server and, once on each loop (a
+node with ``--event-loop asyncio`` or ``uvloop``; the echo baseline of
+``baselines.py`` with its LOOP argument):
 
-- a node owning every bucket (``GET apple k`` over 8 connections: local GET);
-- the echo baseline of ``baselines.py`` answering the same reply;
-- nodes ``fa``/``ba`` and ``fu``/``bu`` sharing a cluster secret, so ``GET zoo k``
-  sent to ``fa`` (``fu``) goes over a peer link to ``ba`` (``bu``): routed GET,
-  1 and 8 connections.
+- a node owning every bucket (``GET apple k``: local GET, 1 and 8 connections);
+- the echo baseline answering the same reply (8 connections);
+- nodes ``fa``/``ba`` (``fu``/``bu``) sharing a cluster secret, so ``GET zoo k``
+  sent to ``fa`` goes over a peer link to ``ba``: routed GET, 1 and 8 connections.
 
 Each measure takes its two loops in interleaved slices (as ``benchmarks.run``'s
-cases do) and prints the rates and the ratio uvloop/asyncio per round and their
-median. The rule of issue 14: uvloop becomes the default when it raises local
-GET over 8 connections by at least 5 %.
+cases do) and prints, per round and as the median of the rounds, the rates and
+their ratio uvloop/asyncio, and the server processes' CPU time per request
+(``/proc/PID/stat``) and its ratio asyncio/uvloop: on a shared machine the CPU
+time per request moves less than the rate.
+
+``--instructions N`` instead runs the local node and the echo server under
+valgrind's callgrind, on each loop, and counts the user-space instructions they
+execute for N local GETs over 8 connections (counted from after a warm-up):
+deterministic, unlike rates, but blind to the time spent in the kernel.
+
+The rule of issue 14: uvloop becomes the default when it raises local GET over 8
+connections by at least 5 %.
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
 import os
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Sequence
 from functools import partial
 
 from benchmarks.harness import (
+    BenchError,
     BenchOptions,
     Helper,
     Suite,
@@ -42,17 +55,6 @@ from pyrokv.cluster import Child, spawn_nameserver, write_secret
 from pyrokv.naming import parse_address
 from pyrokv.testing import Conn
 
-#: Runs ``pyrokv ARGS`` (or, with ``-`` first, the script after it) on uvloop's loop.
-ON_UVLOOP = (
-    "import asyncio, runpy, sys, uvloop\n"
-    "asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())\n"
-    "if sys.argv[1] == '-':\n"
-    "    sys.argv = sys.argv[2:]\n"
-    "    runpy.run_path(sys.argv[0], run_name='__main__')\n"
-    "else:\n"
-    "    from pyrokv.cli import main\n"
-    "    sys.exit(main(sys.argv[1:]))\n"
-)
 LOOPS = ("asyncio", "uvloop")
 GET_LOCAL = "GET apple k\r\n"
 GET_ROUTED = "GET zoo k\r\n"
@@ -78,22 +80,16 @@ def node(
         "127.0.0.1:0",
         *extra,
     ]
-    if loop == "uvloop":
-        child = Child(
-            [sys.executable, "-u", "-c", ON_UVLOOP, *args], name, pyrokv=False
-        )
-    else:
-        child = Child(args, name)
+    child = Child([*args, "--event-loop", loop], name)
     child.wait_for(f"READY {name} ")
     return child
 
 
 def echo(loop: str) -> tuple[Helper, tuple[str, int]]:
     """The echo baseline on ``loop``, and its address."""
-    args = [script("baselines.py"), "echo", "v\\r\\nOK\\r\\n"]
-    if loop == "uvloop":
-        args = ["-c", ON_UVLOOP, "-", *args]
-    helper = Helper(f"echo on {loop}", args)
+    helper = Helper(
+        f"echo on {loop}", [script("baselines.py"), "echo", "v\\r\\nOK\\r\\n", loop]
+    )
     return helper, parse_address(helper.wait_ready().split()[1])
 
 
@@ -126,18 +122,125 @@ def timed(
     return rate
 
 
+def drive(address: tuple[str, int], requests: int) -> None:
+    """Send ``requests`` local GETs over 8 connections, one in flight on each."""
+    request, reply = GET_LOCAL.encode(), REPLY.encode()
+
+    def one(count: int) -> None:
+        with socket.create_connection(address, timeout=60) as sock:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            for _ in range(count):
+                sock.sendall(request)
+                got = b""
+                while len(got) < len(reply):
+                    chunk = sock.recv(64)
+                    if not chunk:
+                        raise BenchError(f"the server closed after {got!r}")
+                    got += chunk
+                if got != reply:
+                    raise BenchError(f"unexpected reply {got!r}")
+
+    threads = [threading.Thread(target=one, args=(requests // 8,)) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+def instructions_per_request(
+    kind: str, loop: str, ns: tuple[str, int], requests: int, directory: str
+) -> float:
+    """User-space instructions the ``kind`` server (``node`` or ``echo``) on ``loop``
+    executes per local GET, counted by callgrind over ``requests`` after a warm-up."""
+    out = os.path.join(directory, f"cg-{kind}-{loop}")
+    valgrind = [
+        "valgrind",
+        "--tool=callgrind",
+        "--instr-atstart=no",
+        f"--callgrind-out-file={out}.%p",
+    ]
+    if kind == "node":
+        name = f"cg{loop[0]}"
+        args = ["node", name, "--ns", f"{ns[0]}:{ns[1]}", "--table"]
+        args += [f"0x00..0xff={name}", "--listen", "127.0.0.1:0", "--event-loop", loop]
+        child = Child(
+            [*valgrind, sys.executable, "-u", "-m", "pyrokv", *args],
+            name,
+            pyrokv=False,
+        )
+    else:
+        args = [script("baselines.py"), "echo", "v\\r\\nOK\\r\\n", loop]
+        child = Child(
+            [*valgrind, sys.executable, "-u", *args], kind, pyrokv=False, stdin=True
+        )
+    try:
+        if kind == "node":
+            child.wait_for(f"READY {name} ", 600)
+            address = text_address(child)
+            with Conn(address) as conn:
+                conn.expect(b"CREATE apple\r\nPUT apple k v\r\n", b"OK\r\n" * 2)
+        else:
+            address = parse_address(child.wait_for("READY", 600).split()[1])
+        drive(address, 800)  # warm: the first requests take paths the rest do not
+        pid = str(child.proc.pid)
+        control = ["callgrind_control"]
+        subprocess.run([*control, "-i", "on", pid], check=True, capture_output=True)
+        drive(address, requests)
+        subprocess.run([*control, "-i", "off", pid], check=True, capture_output=True)
+        subprocess.run([*control, "-d", pid], check=True, capture_output=True)
+    finally:
+        child.stop(timeout=60)
+    total = 0
+    for dump in glob.glob(f"{out}.*"):
+        with open(dump) as file:
+            total += next(
+                int(line.split()[1]) for line in file if line.startswith("totals:")
+            )
+    return total / requests
+
+
+def instructions(requests: int) -> None:
+    """Print the instructions per local GET of the node and the echo server, per loop."""
+    ns_child, ns = spawn_nameserver()
+    tmp = tempfile.TemporaryDirectory(prefix="pyrokv-loops-")
+    try:
+        for kind in ("node", "echo"):
+            per = {
+                loop: instructions_per_request(kind, loop, ns, requests, tmp.name)
+                for loop in LOOPS
+            }
+            print(
+                f"{kind}: {per['asyncio']:,.0f} instructions per local GET on "
+                f"asyncio, {per['uvloop']:,.0f} on uvloop: asyncio/uvloop "
+                f"{per['asyncio'] / per['uvloop']:.2f}x ({requests} requests, 8 conn)",
+                flush=True,
+            )
+    finally:
+        ns_child.stop()
+        tmp.cleanup()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Measure; print one line per measure and round, then the medians."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.loops")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--duration", type=float, default=1.5)
     parser.add_argument("--slices", type=int, default=3)
+    parser.add_argument(
+        "--instructions",
+        type=int,
+        metavar="N",
+        help="count instructions per request over N local GETs under callgrind",
+    )
     args = parser.parse_args(argv)
     try:
         import uvloop  # noqa: F401
     except ImportError:
         print("uvloop is not installed: pip install -e '.[fast]'", file=sys.stderr)
         return 2
+    if args.instructions:
+        instructions(args.instructions)
+        return 0
     options = BenchOptions(
         rounds=args.rounds,
         duration=args.duration,

@@ -62,6 +62,11 @@ Cases (``--only`` takes these names, comma-separated):
 - ``move_load``: 8 connections GET buckets that stay while range ``c`` moves in
   the middle of their window, against their rate before and after the move in the
   same window; targets >= 0.6x and the move <= 10 s (issue 11).
+- ``many``: ``pyrokv up`` of 16 nodes (4 with ``--quick``) with a 256-entry table:
+  the time to every node ready (<= 10 s), ``pyrokv status`` (<= 1 s), an idle
+  node's RSS (<= 40 MiB), routed GET cost against a 2-node cluster (<= 1.2x);
+  a node with 1,000 idle connections (100 with ``--quick``): RSS growth (<= 10
+  MiB) and 8 active connections among them against alone (>= 0.9x) (issue 14).
 
 Eight connections come, by default (``--clients auto``), from 8 threads of one client
 process for the text protocol and from 8 client processes for Pyro5: on a 2-core

@@ -788,9 +788,9 @@ class TextServer:
         #: Reserve connections that have not proved they are nodes, oldest first.
         self.reserved: dict[_Connection, None] = {}
         #: The kind of event loop it runs on: ``asyncio`` or ``uvloop`` (see
-        #: :mod:`pyrokv.loops`; ``event_loop`` is the setting's value).
-        self.event_loop = loops.resolve(event_loop)
-        self.loop = loops.new_event_loop(self.event_loop)
+        #: :mod:`pyrokv.loops`).
+        self.event_loop = event_loop
+        self.loop = loops.new_event_loop(event_loop)
         #: Replies of writes that waited for the disk, for the loop to hand out.
         self._disk_replies: collections.deque[tuple[Callable[[bytes], None], bytes]] = (
             collections.deque()

@@ -1,4 +1,4 @@
-"""The text server's event loop: asyncio's own, or uvloop's when installed (pyrokv[fast])."""
+"""The text server's event loop: asyncio's own, or uvloop's (pyrokv[fast])."""
 
 from __future__ import annotations
 
@@ -9,50 +9,44 @@ import pytest
 
 from pyrokv import ConfigError
 from pyrokv.cluster import LocalCluster
-from pyrokv.loops import new_event_loop, resolve
+from pyrokv.defaults import DEFAULT_EVENT_LOOP
+from pyrokv.loops import check_event_loop, new_event_loop
 from pyrokv.testing import Conn
 
 UVLOOP = importlib.util.find_spec("uvloop") is not None
 TABLE = "a..m=foo, n..z=bar"
 
 
-def test_auto_takes_uvloop_exactly_when_it_is_installed() -> None:
-    """event_loop auto is uvloop with uvloop installed, asyncio's loop without."""
-    loop = new_event_loop("auto")
+def test_asyncio_is_the_default_and_asyncio_s_own_loop() -> None:
+    """A node's text server runs on asyncio's own loop unless told otherwise, uvloop
+    installed or not."""
+    loop, own = new_event_loop(DEFAULT_EVENT_LOOP), asyncio.new_event_loop()
     try:
-        assert resolve("auto") == ("uvloop" if UVLOOP else "asyncio")
-        assert (type(loop).__module__.split(".")[0] == "uvloop") == UVLOOP
-    finally:
-        loop.close()
-
-
-def test_asyncio_is_asyncio_s_own_loop_whatever_is_installed() -> None:
-    """event_loop asyncio gives the loop asyncio.new_event_loop gives."""
-    loop, own = new_event_loop("asyncio"), asyncio.new_event_loop()
-    try:
-        assert resolve("asyncio") == "asyncio"
+        assert DEFAULT_EVENT_LOOP == "asyncio"
         assert type(loop) is type(own)
     finally:
         loop.close()
         own.close()
 
 
-def test_uvloop_without_uvloop_says_how_to_get_it() -> None:
-    """event_loop uvloop works with uvloop installed; without, a ConfigError names
-    the extra to install."""
+def test_uvloop_is_uvloop_s_loop_or_says_how_to_get_it() -> None:
+    """event_loop uvloop gives uvloop's loop with uvloop installed; without, a
+    ConfigError names the extra to install."""
     if UVLOOP:
         loop = new_event_loop("uvloop")
-        loop.close()
-        assert resolve("uvloop") == "uvloop"
+        try:
+            assert type(loop).__module__.split(".")[0] == "uvloop"
+        finally:
+            loop.close()
     else:
         with pytest.raises(ConfigError, match=r"pip install 'pyrokv\[fast\]'"):
-            resolve("uvloop")
+            check_event_loop("uvloop")
 
 
 def test_an_unknown_loop_is_a_config_error() -> None:
-    """An event loop that is none of auto, asyncio, uvloop is refused, naming them."""
-    with pytest.raises(ConfigError, match="not one of auto, asyncio, uvloop"):
-        resolve("trio")
+    """An event loop that is neither asyncio nor uvloop is refused, naming both."""
+    with pytest.raises(ConfigError, match="not one of asyncio, uvloop"):
+        check_event_loop("trio")
 
 
 @pytest.mark.distributed
