@@ -52,7 +52,7 @@ from .loops import check_event_loop
 from .registry import Registry
 from .router import Router
 from .runner import TaskRunner
-from .server import TextServer
+from .server import DEFAULT_MAX_CONNECTIONS, PEER_RESERVE, TextServer
 from .signals import STOP_SIGNALS, StopSignals
 from .stats import Stats
 from .store import Store
@@ -664,6 +664,37 @@ def _taken(name: str, why: str) -> NameTakenError:
     )
 
 
+def open_files_wanted(workers: int) -> int:
+    """Files a node may hold open at once: the text server's connections and its
+    reserve for peers, a connection per Pyro5 worker, and room for the rest
+    (listening sockets, peer links, name-server look-ups, its log and data dir)."""
+    return DEFAULT_MAX_CONNECTIONS + PEER_RESERVE + workers + 256
+
+
+def raise_open_files(workers: int) -> None:
+    """Raise this process's soft limit of open files to :func:`open_files_wanted`
+    (as far as the hard limit allows; never lower it). Many systems start
+    processes at 1,024, fewer than a node's 1,000 text connections need."""
+    try:
+        import resource
+    except ImportError:  # not a Unix system
+        return
+    want = open_files_wanted(workers)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= want:
+        return
+    new = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if new > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+    if new < want:
+        log.warning(
+            "this node may open only %d files (the hard limit, ulimit -Hn), fewer "
+            "than the %d its connections may need: raise the hard limit",
+            new,
+            want,
+        )
+
+
 def serve_node(
     name: str,
     table: RoutingTable,
@@ -681,6 +712,7 @@ def serve_node(
     setup_pyro()
     guard_daemons(options.get("max_message", DEFAULT_MAX_MESSAGE), refuse_uris=True)
     _check_options(options)  # a configuration error is told at once, not after a wait
+    raise_open_files(options.get("workers", DEFAULT_WORKERS))
     with StopSignals() as signals:
         timeout = options.get("timeout", DEFAULT_TIMEOUT)
         if ns_wait <= 0 or naming.wait_for_nameserver(

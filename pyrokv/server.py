@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_IDLE_TIMEOUT",
     "DEFAULT_MAX_CONNECTIONS",
+    "PEER_RESERVE",
     "ROUTE_WORKERS",
     "TextServer",
 ]
