@@ -1,9 +1,10 @@
 """The benchmarks' baseline servers, each run in its own process (standalone: stdlib + Pyro5).
 
-``python baselines.py echo REPLY``
+``python baselines.py echo REPLY [LOOP]``
     A minimal asyncio server (one event loop, a Protocol, as in pyrokv/server.py) that
     answers every line it receives with REPLY (e.g. ``v\\r\\nOK\\r\\n``), doing no other
     work: the ceiling for any text-protocol server in Python on this machine.
+    LOOP ``uvloop`` runs it on uvloop's event loop (default ``asyncio``).
     Prints ``READY HOST:PORT``.
 
 ``python baselines.py pyro BUCKET KEY VALUE``
@@ -20,6 +21,7 @@ import asyncio
 import signal
 import sys
 import threading
+from typing import cast
 
 
 def _wait_for_end() -> None:
@@ -46,7 +48,8 @@ class Echo(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # a stream transport (uvloop's are not asyncio.Transport subclasses)
+        transport = cast(asyncio.Transport, transport)
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
@@ -60,9 +63,14 @@ class Echo(asyncio.Protocol):
             self.buffer = buffer
 
 
-def echo(reply: bytes) -> None:
+def echo(reply: bytes, kind: str = "asyncio") -> None:
     Echo.reply = reply
-    loop = asyncio.new_event_loop()
+    if kind == "uvloop":
+        import uvloop
+
+        loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+    else:
+        loop = asyncio.new_event_loop()
     server = loop.run_until_complete(
         loop.create_server(Echo, "127.0.0.1", 0, backlog=1024)
     )
@@ -102,7 +110,8 @@ def pyro(bucket: str, key: str, value: str) -> None:
 def main(argv: list[str]) -> int:
     kind = argv[0]
     if kind == "echo":
-        echo(argv[1].encode("latin-1").decode("unicode_escape").encode("latin-1"))
+        reply = argv[1].encode("latin-1").decode("unicode_escape").encode("latin-1")
+        echo(reply, *argv[2:3])
     elif kind == "pyro":
         pyro(argv[1], argv[2], argv[3])
     else:

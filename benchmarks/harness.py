@@ -31,6 +31,7 @@ from pyrokv.store import Store
 from pyrokv.testing import Conn
 
 if TYPE_CHECKING:
+    from benchmarks.many import ManyClusters
     from benchmarks.moves import Mover
 
 __all__ = [
@@ -110,6 +111,9 @@ class BenchOptions:
     latency_seconds: float = 3.0
     #: keys of the ycsb case (in 1,000 buckets)
     ycsb_keys: int = 100_000
+    #: the many case: nodes of its big cluster, and idle connections to one node
+    many_nodes: int = 16
+    many_idle: int = 1_000
 
 
 # -- helper processes -----------------------------------------------------------
@@ -275,6 +279,8 @@ class Suite:
         #: Where the durable case keeps its data dirs.
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self.mover: Mover | None = None
+        #: What the many case keeps from round to round (started by its first).
+        self.many: ManyClusters | None = None
 
     def wants(self, *cases: str) -> bool:
         """Whether this run includes any of ``cases``."""
@@ -333,6 +339,7 @@ class Suite:
             "latency",
             "sizes",
             "ycsb",
+            "many",
         ):
             self.workers = [
                 self._helper(f"load client {i}", script("loadgen.py"))
@@ -486,6 +493,8 @@ class Suite:
             child.stop()
         if self.mover is not None:
             self.mover.stop()
+        if self.many is not None:
+            self.many.stop()
         for helper in self.helpers:
             helper.stop()
         if self.cluster is not None:

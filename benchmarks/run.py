@@ -83,6 +83,11 @@ Cases (``--only`` takes these names, comma-separated):
 - ``ycsb``: YCSB workloads A, B and C (zipfian keys over 10^5 keys in 1,000
   buckets, about half routed), 8 connections to foo: ops/s, p50 and p99, beside
   the plain local GET (issue 14).
+- ``many``: ``pyrokv up`` of 16 nodes (4 with ``--quick``) with a 256-entry table:
+  the time to every node ready (<= 10 s), ``pyrokv status`` (<= 1 s), an idle
+  node's RSS (<= 40 MiB), routed GET cost against a 2-node cluster (<= 1.2x);
+  a node with 1,000 idle connections (100 with ``--quick``): RSS growth (<= 10
+  MiB) and 8 active connections among them against alone (>= 0.9x) (issue 14).
 
 Eight connections come, by default (``--clients auto``), from 8 threads of one client
 process for the text protocol and from 8 client processes for Pyro5: on a 2-core
@@ -113,7 +118,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if __package__ in (None, ""):  # run as `python benchmarks/run.py`
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import cases, clientcases, latency, moves  # noqa: E402
+from benchmarks import cases, clientcases, latency, many, moves  # noqa: E402
 from benchmarks.harness import (  # noqa: E402
     BenchError,
     BenchOptions,
@@ -140,6 +145,7 @@ CASES: dict[str, Callable[[Suite, int], None]] = {
     "client": clientcases.client,
     "sizes": clientcases.sizes,
     "ycsb": clientcases.ycsb,
+    "many": many.many,
 }
 
 
@@ -242,6 +248,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[BenchOptions, argparse.Names
         move_keys=10_000 if quick else 100_000,
         move_buckets=100 if quick else 1_000,
         ycsb_keys=10_000 if quick else 100_000,
+        many_nodes=4 if quick else 16,
+        many_idle=100 if quick else 1_000,
         key_sizes=[1_000, 10_000] if quick else [1_000, 1_000_000],
         api_calls=2_000 if quick else 20_000,
         api_repeats=3 if quick else 7,

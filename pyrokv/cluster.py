@@ -252,6 +252,11 @@ class Child:
         """Whether the process is still running."""
         return self.proc.poll() is None
 
+    def terminate(self) -> None:
+        """Send SIGTERM if the process still runs; no wait (:meth:`stop` waits)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+
     def stop(self, timeout: float = 5.0) -> int:
         """SIGTERM, wait up to ``timeout``, then SIGKILL; return the exit code."""
         if self.proc.poll() is None:
@@ -336,11 +341,14 @@ def spawn_node(
     timeout: float = START_TIMEOUT,
     log: str | None = None,
     die_with_parent: bool = False,
+    wait: bool = True,
 ) -> Child:
     """Start ``pyrokv node NAME`` and wait until it has registered.
 
     It reads ``config``; ``ns`` None leaves the name server to the config.
-    ``log`` and ``die_with_parent`` are :class:`Child`'s.
+    ``log`` and ``die_with_parent`` are :class:`Child`'s. With ``wait=False`` it
+    returns at once: the caller waits for ``READY NAME`` (and stops the child if
+    that fails), so that several nodes start at the same time.
     """
     args = ["node", name, "--config", config]
     if ns is not None:
@@ -350,6 +358,8 @@ def spawn_node(
     child = Child(
         [*args, *extra], f"node {name}", log=log, die_with_parent=die_with_parent
     )
+    if not wait:
+        return child
     try:
         child.wait_for(f"READY {name} ", timeout)
     except BaseException:

@@ -12,6 +12,7 @@ __all__ = [
     "DEFAULT_ALLOW",
     "DEFAULT_CHANGE_TIMEOUT",
     "DEFAULT_CONFIG",
+    "DEFAULT_EVENT_LOOP",
     "DEFAULT_FSYNC",
     "DEFAULT_HOP_LIMIT",
     "DEFAULT_HOST",
@@ -25,6 +26,7 @@ __all__ = [
     "DEFAULT_TABLE",
     "DEFAULT_TIMEOUT",
     "DEFAULT_WORKERS",
+    "EVENT_LOOPS",
     "FSYNC_MODES",
 ]
 
@@ -61,6 +63,13 @@ DEFAULT_WORKERS = 256
 DEFAULT_FSYNC = "everysec"
 #: Every value of [node NAME] fsync.
 FSYNC_MODES: tuple[str, ...] = ("always", "everysec", "no")
+
+#: [node NAME] event_loop: the text server's event loop: ``asyncio`` (its own) or
+#: ``uvloop`` (needs ``pyrokv[fast]``; docs/performance.md says why it is not
+#: the default).
+DEFAULT_EVENT_LOOP = "asyncio"
+#: Every value of [node NAME] event_loop.
+EVENT_LOOPS: tuple[str, ...] = ("asyncio", "uvloop")
 
 #: [node NAME] and [nameserver] max_message: the largest Pyro5 message a daemon
 #: accepts (bytes); a larger one is refused from its header.

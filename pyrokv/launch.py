@@ -11,8 +11,15 @@ import time
 from typing import TextIO
 
 from .client import Client
-from .cluster import Child, LocalCluster, spawn_nameserver, spawn_node, write_secret
-from .config import BUILT_IN, Settings, save_settings
+from .cluster import (
+    START_TIMEOUT,
+    Child,
+    LocalCluster,
+    spawn_nameserver,
+    spawn_node,
+    write_secret,
+)
+from .config import BUILT_IN, NodeSettings, Settings, save_settings
 from .errors import ChildError, ConfigError, NothingToStartError, PyroKVError
 from .flags import UP_CHILD
 from .naming import parse_address
@@ -117,7 +124,8 @@ def run_up(
 def _start(
     settings: Settings, config: str, supervisor: Supervisor, logs: str
 ) -> tuple[tuple[str, int], list[tuple[str, RoutingTable, str | None, Child]]]:
-    """Start the name server, then each node, each supervised once it is ready.
+    """Start the name server, then every node at once, each supervised once it is
+    ready (in the config's order).
 
     ``config`` gets the settings as resolved here (file, environment, flags; file
     names made absolute; mode 0600) and the name server starts as ``pyrokv
@@ -153,9 +161,12 @@ def _start(
     started = "the name server pyrokv up started"
     settings = settings.set("nameserver", "host", ns[0], started)
     save_settings(settings.set("nameserver", "port", ns[1], started), config)
+    # Every node starts at once (their imports and registrations overlap), and
+    # each is supervised from the moment it is ready, in the config's order.
+    started_nodes: list[tuple[NodeSettings, Child]] = []
     rows = []
-    for node in settings.nodes:
-        try:
+    try:
+        for node in settings.nodes:
             child = spawn_node(
                 node.name,
                 None,
@@ -163,14 +174,25 @@ def _start(
                 extra=[UP_CHILD],
                 log=os.path.join(logs, node_log(node.name)),
                 die_with_parent=True,
+                wait=False,
             )
-        except ChildError as exc:
-            raise _did_not_start(f"node {node.name!r}", exc.child) from None
-        supervisor.add(f"node {node.name}", child, f"READY {node.name} ")
-        child.relay(sys.stderr)
-        log.info("started node %r (pid %d)", node.name, child.proc.pid)
-        table = settings.table if node.table is None else node.table
-        rows.append((node.name, table, _listen_address(child), child))
+            started_nodes.append((node, child))
+        for node, child in started_nodes:
+            try:
+                child.wait_for(f"READY {node.name} ", START_TIMEOUT)
+            except ChildError:
+                raise _did_not_start(f"node {node.name!r}", child) from None
+            supervisor.add(f"node {node.name}", child, f"READY {node.name} ")
+            child.relay(sys.stderr)
+            log.info("started node %r (pid %d)", node.name, child.proc.pid)
+            table = settings.table if node.table is None else node.table
+            rows.append((node.name, table, _listen_address(child), child))
+    except BaseException:
+        supervised = supervisor.children()
+        for _node, child in started_nodes:
+            if child not in supervised:
+                child.stop()
+        raise
     return ns, rows
 
 

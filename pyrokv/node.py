@@ -26,6 +26,7 @@ from . import metrics as metrics_module
 from .daemon import make_daemon
 from .defaults import (
     DEFAULT_ALLOW,
+    DEFAULT_EVENT_LOOP,
     DEFAULT_FSYNC,
     DEFAULT_HOP_LIMIT,
     DEFAULT_HOST,
@@ -47,10 +48,11 @@ from .errors import (
 )
 from .guard import guard_daemons
 from .live import Live
+from .loops import check_event_loop
 from .registry import Registry
 from .router import Router
 from .runner import TaskRunner
-from .server import TextServer
+from .server import DEFAULT_MAX_CONNECTIONS, PEER_RESERVE, TextServer
 from .signals import STOP_SIGNALS, StopSignals
 from .stats import Stats
 from .store import Store
@@ -303,6 +305,7 @@ def start_node(
     metrics: tuple[str, int] | None = None,
     data_dir: str | None = None,
     fsync: str = DEFAULT_FSYNC,
+    event_loop: str = DEFAULT_EVENT_LOOP,
 ) -> NodeHandle:
     """Start node ``name`` in this process and register it; return its handle.
 
@@ -317,9 +320,11 @@ def start_node(
     With ``data_dir`` the node's buckets are loaded from there before it registers,
     and every write is recorded there (:mod:`pyrokv.durable`); ``fsync`` says when
     a write is acknowledged (``always``, ``everysec``, ``no``). A dir that cannot be
-    used raises a :class:`DataDirError` naming it.
+    used raises a :class:`DataDirError` naming it. ``event_loop`` picks the text
+    server's event loop (:mod:`pyrokv.loops`: ``asyncio`` or ``uvloop``).
     """
     setup_pyro()
+    check_event_loop(event_loop)
     check_node_name(name)
     text_tls = _text_tls(listen, tls, listen_tls, listen_tls_verify_client)
     if metrics is not None:
@@ -356,6 +361,7 @@ def start_node(
             text_tls=text_tls,
             password=password,
             metrics=metrics,
+            event_loop=event_loop,
         )
     except BaseException:
         if isinstance(registry, DurableRegistry):
@@ -412,6 +418,7 @@ def _start_node(
     text_tls: ssl.SSLContext | None,
     password: str | None,
     metrics: tuple[str, int] | None,
+    event_loop: str,
 ) -> NodeHandle:
     """:func:`start_node` once its arguments are checked and its registry loaded."""
     # Pyro5 reads the pool size and message limit from its global config:
@@ -454,6 +461,7 @@ def _start_node(
                 password=None if password is None else password.encode("utf-8"),
                 stats=handle.stats,
                 registry=registry,
+                event_loop=event_loop,
             )
         except OSError as exc:
             daemon.close()
@@ -463,6 +471,7 @@ def _start_node(
                 f"{listen[0]}:{listen[1]}: {exc.strerror or exc}",
             ) from None
     if handle.text is not None:
+        log.info("node %r: event loop: %s", name, handle.text.event_loop)
         router.live.loop = handle.text.loop
         router.live.on_release = handle.text.release
     _join_cluster_table(handle)
@@ -492,8 +501,8 @@ def _start_node(
 
 def _check_options(options: dict[str, Any]) -> None:
     """The checks of :func:`start_node` that need no network: the text port's TLS,
-    the metrics library, the password and secret files. Each raises a
-    :class:`ConfigError`."""
+    the metrics library, the password and secret files, the event loop. Each
+    raises a :class:`ConfigError`."""
     _text_tls(
         options.get("listen"),
         options.get("tls"),
@@ -506,6 +515,7 @@ def _check_options(options: dict[str, Any]) -> None:
         read_password(options["password_file"])
     if options.get("secret_file") is not None:
         peering.read_secret(options["secret_file"])
+    check_event_loop(options.get("event_loop", DEFAULT_EVENT_LOOP))
 
 
 def _text_tls(
@@ -654,6 +664,37 @@ def _taken(name: str, why: str) -> NameTakenError:
     )
 
 
+def open_files_wanted(workers: int) -> int:
+    """Files a node may hold open at once: the text server's connections and its
+    reserve for peers, a connection per Pyro5 worker, and room for the rest
+    (listening sockets, peer links, name-server look-ups, its log and data dir)."""
+    return DEFAULT_MAX_CONNECTIONS + PEER_RESERVE + workers + 256
+
+
+def raise_open_files(workers: int) -> None:
+    """Raise this process's soft limit of open files to :func:`open_files_wanted`
+    (as far as the hard limit allows; never lower it). Many systems start
+    processes at 1,024, fewer than a node's 1,000 text connections need."""
+    try:
+        import resource
+    except ImportError:  # not a Unix system
+        return
+    want = open_files_wanted(workers)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= want:
+        return
+    new = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if new > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+    if new < want:
+        log.warning(
+            "this node may open only %d files (the hard limit, ulimit -Hn), fewer "
+            "than the %d its connections may need: raise the hard limit",
+            new,
+            want,
+        )
+
+
 def serve_node(
     name: str,
     table: RoutingTable,
@@ -671,6 +712,7 @@ def serve_node(
     setup_pyro()
     guard_daemons(options.get("max_message", DEFAULT_MAX_MESSAGE), refuse_uris=True)
     _check_options(options)  # a configuration error is told at once, not after a wait
+    raise_open_files(options.get("workers", DEFAULT_WORKERS))
     with StopSignals() as signals:
         timeout = options.get("timeout", DEFAULT_TIMEOUT)
         if ns_wait <= 0 or naming.wait_for_nameserver(

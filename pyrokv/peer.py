@@ -15,6 +15,7 @@ import collections
 import concurrent.futures
 import logging
 import time
+from typing import cast
 
 from . import peering, protocol
 from .directory import Directory
@@ -63,7 +64,8 @@ class _Link(asyncio.Protocol):
         self.theirs = b""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # a stream transport (uvloop's are not asyncio.Transport subclasses)
+        transport = cast(asyncio.Transport, transport)
         self.transport = transport
         transport.write(peering.hello(self.links.node, self.mine))
 

@@ -23,10 +23,10 @@ import threading
 import time
 import zlib
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
-from . import peering, protocol
-from .defaults import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_MESSAGE
+from . import loops, peering, protocol
+from .defaults import DEFAULT_EVENT_LOOP, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_MESSAGE
 from .errors import HandOffPendingError, ProtocolError
 from .logs import RateLimited
 from .peer import PeerLinks
@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_IDLE_TIMEOUT",
     "DEFAULT_MAX_CONNECTIONS",
+    "PEER_RESERVE",
     "ROUTE_WORKERS",
     "TextServer",
 ]
@@ -135,7 +136,8 @@ class _Connection(asyncio.Protocol):
     # -- asyncio callbacks ----------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # a stream transport (uvloop's are not asyncio.Transport subclasses)
+        transport = cast(asyncio.Transport, transport)
         self.transport = transport
         server = self.server
         if len(server.connections) >= server.max_connections:
@@ -751,6 +753,7 @@ class TextServer:
     cluster's ``secret`` and ``peer_links`` is on, else over Pyro5. Without a
     secret the server neither accepts nor opens peer links. With ``ssl`` the port
     speaks TLS; with ``password`` a client must send ``AUTH <password>`` first.
+    ``event_loop`` picks its event loop (:mod:`pyrokv.loops`).
     """
 
     def __init__(
@@ -769,6 +772,7 @@ class TextServer:
         ssl: ssl_module.SSLContext | None = None,
         password: bytes | None = None,
         stats: Stats | None = None,
+        event_loop: str = DEFAULT_EVENT_LOOP,
     ) -> None:
         if router.node is None or router.local is None:
             raise ValueError("a TextServer needs the router of a node (node, local)")
@@ -800,7 +804,10 @@ class TextServer:
         self.blocked: dict[_Connection, None] = {}
         #: Reserve connections that have not proved they are nodes, oldest first.
         self.reserved: dict[_Connection, None] = {}
-        self.loop = asyncio.new_event_loop()
+        #: The kind of event loop it runs on: ``asyncio`` or ``uvloop`` (see
+        #: :mod:`pyrokv.loops`).
+        self.event_loop = event_loop
+        self.loop = loops.new_event_loop(event_loop)
         #: Replies of writes that waited for the disk, for the loop to hand out.
         self._disk_replies: collections.deque[tuple[Callable[[bytes], None], bytes]] = (
             collections.deque()

@@ -22,6 +22,7 @@ from typing import Any
 from .defaults import (
     DEFAULT_ALLOW,
     DEFAULT_CONFIG,
+    DEFAULT_EVENT_LOOP,
     DEFAULT_FSYNC,
     DEFAULT_HOP_LIMIT,
     DEFAULT_HOST,
@@ -34,6 +35,7 @@ from .defaults import (
     DEFAULT_TABLE,
     DEFAULT_TIMEOUT,
     DEFAULT_WORKERS,
+    EVENT_LOOPS,
     FSYNC_MODES,
 )
 from .logs import LEVELS
@@ -236,6 +238,13 @@ def _fsync(text: str) -> str:
     if mode not in FSYNC_MODES:
         raise ValueError(f"{text!r} is not an fsync mode: use {', '.join(FSYNC_MODES)}")
     return mode
+
+
+def _event_loop(text: str) -> str:
+    choice = text.strip().lower()
+    if choice not in EVENT_LOOPS:
+        raise ValueError(f"{text!r} is not an event loop: use {', '.join(EVENT_LOOPS)}")
+    return choice
 
 
 def _log_level(text: str) -> str:
@@ -594,6 +603,18 @@ SETTINGS = (
         flag="--fsync",
         commands=("node",),
         metavar="MODE",
+        start_node=True,
+    ),
+    Setting(
+        "node",
+        "event_loop",
+        _event_loop,
+        DEFAULT_EVENT_LOOP,
+        "the text server's event loop: asyncio (its own), or uvloop (pip "
+        "install 'pyrokv[fast]')",
+        flag="--event-loop",
+        commands=("node",),
+        metavar="LOOP",
         start_node=True,
     ),
     Setting(

@@ -157,8 +157,13 @@ class Supervisor:
         print(f"pyrokv up: {text}", file=self.err, flush=True)
 
     def stop(self) -> None:
-        """Stop every child, the last added first (nodes before their name server)."""
-        for entry in reversed(self.supervised):
+        """Stop every child: all but the first added at once (each is sent SIGTERM,
+        then each is waited for), then the first. ``up`` adds the name server
+        first, so the nodes stop together and can still unregister from it."""
+        first, rest = self.supervised[:1], self.supervised[1:]
+        for entry in rest:
+            entry.child.terminate()
+        for entry in [*reversed(rest), *first]:
             entry.child.stop()
 
 

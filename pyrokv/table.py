@@ -34,6 +34,9 @@ _HASH_HINT = (
 _NODE_NAME = re.compile(r"[A-Za-z0-9_-]+")
 # Characters that the text form cannot carry as themselves; write them as numbers.
 _SPECIAL = set(",=. \t\r\n")
+# Characters shown as numbers too: a config file's comment characters (a table
+# written into one, as 'pyrokv up' does for its children, must read back whole).
+_SHOWN_AS_NUMBERS = _SPECIAL | set("#;")
 
 
 def check_node_name(node: object) -> str:
@@ -52,7 +55,7 @@ def check_node_name(node: object) -> str:
 
 def _show_byte(byte: int) -> str:
     char = chr(byte)
-    if 0x21 <= byte <= 0x7E and char not in _SPECIAL:
+    if 0x21 <= byte <= 0x7E and char not in _SHOWN_AS_NUMBERS:
         return char
     return f"0x{byte:02x}"
 

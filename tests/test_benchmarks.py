@@ -33,6 +33,7 @@ CASES = (
     "client",
     "sizes",
     "ycsb",
+    "many",
 )
 #: Cases whose rows have the first round only (see benchmarks/latency.py).
 FIRST_ROUND_ONLY = {"latency"}
@@ -73,7 +74,7 @@ def quick_run(
 def test_quick_run_prints_every_case_with_rounds_median_and_targets(
     quick_run: tuple[subprocess.CompletedProcess[str], Path],
 ) -> None:
-    """--quick runs every case and prints each round, the median and all 28 targets."""
+    """--quick runs every case and prints each round, the median and all 34 targets."""
     done, _ = quick_run
     assert done.returncode == 0, done.stdout + done.stderr
     rows = table_rows(done.stdout.split("\nLatency, open loop")[0])
@@ -91,7 +92,7 @@ def test_quick_run_prints_every_case_with_rounds_median_and_targets(
     targeted = {(row[0], row[1]) for row in body if row[-1]}
     # Every target of the issue is checked somewhere in the table.
     assert {case for case, _ in targeted} == set(CASES) - set(UNTARGETED)
-    assert len(targeted) == 28
+    assert len(targeted) == 34
     # Issue 14: routed GET against a local GET from the same client, same round.
     assert ("routed_get", "ratio routed/local, 1 conn") in targeted
     assert ("routed_get", "ratio routed/local, 8 conn") in targeted

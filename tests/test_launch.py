@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import shutil
 import signal
 import socket
 import stat
@@ -269,7 +270,8 @@ def test_up_with_a_port_in_use_says_so_and_leaves_nothing(tmp_path: Path) -> Non
 
 
 def test_up_with_a_text_port_in_use_stops_the_rest(tmp_path: Path) -> None:
-    """A node that cannot bind its text port: exit 1 naming it; the name server is stopped."""
+    """A node that cannot bind its text port: exit 1 naming it; the name server and
+    the node started beside it (nodes start at once) are stopped."""
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -277,6 +279,7 @@ def test_up_with_a_text_port_in_use_stops_the_rest(tmp_path: Path) -> None:
         conf.write_text(
             "[nameserver]\nport = 0\n[node foo]\n"
             f"listen = 127.0.0.1:{taken.getsockname()[1]}\n"
+            "[node bar]\nlisten = 127.0.0.1:0\n"
         )
         code, _out, err, seen = run_watching_children("up", "--config", str(conf))
     assert code == 1
@@ -284,6 +287,12 @@ def test_up_with_a_text_port_in_use_stops_the_rest(tmp_path: Path) -> None:
     assert "pick another: listen under [node foo] in the config file)" in err
     assert "--listen" not in err  # up has no such flag
     assert gone(seen)
+    kept = re.search(r"the output of each process it started is kept in (\S+)", err)
+    assert kept, err
+    # bar was stopped by up (its log closed with how it ended), not left to die
+    # with up
+    assert "=== node bar ended: " in (Path(kept[1]) / "node-bar.log").read_text()
+    shutil.rmtree(kept[1])
 
 
 def test_demo_runs_the_scenario_and_stops_everything() -> None:

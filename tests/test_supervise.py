@@ -420,3 +420,60 @@ def test_supervisor_counts_restarts_over_a_sliding_window_one_child_at_a_time(
         ]
     finally:
         sup.stop()
+
+
+#: A child that, on SIGTERM, says so (file ARGV[1]) and, once the other child has
+#: said so too (file ARGV[2]), that it ends (ARGV[1].ended) and exits 0; 1 if the
+#: other's word does not come within 10 s.
+STOPS_WITH_THE_OTHER = """
+import os, signal, sys, time
+me, other = sys.argv[1], sys.argv[2]
+def stop(*_):
+    open(me, "w").close()
+    deadline = time.monotonic() + 10
+    while not os.path.exists(other):
+        if time.monotonic() > deadline:
+            sys.exit(1)
+        time.sleep(0.01)
+    open(me + ".ended", "w").close()
+    sys.exit(0)
+signal.signal(signal.SIGTERM, stop)
+print("READY", flush=True)
+while True:
+    signal.pause()
+"""
+#: A child that, on SIGTERM, exits 0 if both others have ended (files ARGV[1:]).
+STOPS_LAST = """
+import os, signal, sys
+def stop(*_):
+    sys.exit(0 if all(os.path.exists(f + ".ended") for f in sys.argv[1:]) else 1)
+signal.signal(signal.SIGTERM, stop)
+print("READY", flush=True)
+while True:
+    signal.pause()
+"""
+
+
+def test_supervisor_stops_the_nodes_together_and_the_first_child_last(
+    tmp_path: Path,
+) -> None:
+    """Supervisor.stop signals every child but the first at once (each of the two
+    waits, on SIGTERM, for the other's), then stops the first (the name server)
+    once they have ended."""
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    sup = Supervisor(io.StringIO())
+    first = Child([sys.executable, "-c", STOPS_LAST, a, b], "first", pyrokv=False)
+    nodes = [
+        Child([sys.executable, "-c", STOPS_WITH_THE_OTHER, me, other], me, pyrokv=False)
+        for me, other in ((a, b), (b, a))
+    ]
+    try:
+        for label, child in (("first", first), ("a", nodes[0]), ("b", nodes[1])):
+            child.wait_for("READY")
+            sup.add(label, child, "READY")
+        sup.stop()
+        assert [child.proc.returncode for child in nodes] == [0, 0]
+        assert first.proc.returncode == 0
+    finally:
+        for child in (first, *nodes):
+            child.kill()
