@@ -151,7 +151,7 @@ def percentiles(
     if not latencies:
         return {f"p{p:g}_us": 0.0 for p in points}, "none"
     try:
-        from hdrh.histogram import HdrHistogram  # type: ignore[import-not-found]
+        from hdrh.histogram import HdrHistogram
     except ImportError:
         ordered = sorted(latencies)
         last = len(ordered) - 1
