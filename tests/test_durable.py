@@ -448,7 +448,7 @@ def in_own_tmpfs(mount: Path, setup: str) -> list[str]:
     if probe.returncode != 0:
         pytest.skip(f"unshare -m is not allowed here: {probe.stderr.decode()}")
     mount.mkdir()
-    script = f'mount -t tmpfs -o size=4m tmpfs "$0" && {setup} && exec "$@"'
+    script = f'mount -t tmpfs -o size=16m tmpfs "$0" && {setup} && exec "$@"'
     return ["unshare", "-m", "--propagation", "private", "sh", "-c", script, str(mount)]
 
 
@@ -471,7 +471,7 @@ def test_a_data_dir_that_cannot_be_written_stops_the_start(
 def full_disk_node(
     ns: tuple[str, int], name: str, tmp_path: Path, fsync: str
 ) -> tuple[Child, Path]:
-    """A node whose data dir is on a 4 MiB tmpfs of its own; a file filling all but
+    """A node whose data dir is on a 16 MiB tmpfs of its own; a file filling all but
     about 100 KiB of it, which the test removes (seen from outside through
     /proc/PID/root)."""
     mount = tmp_path / "disk"
