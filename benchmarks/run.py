@@ -2,8 +2,8 @@
 
 Run from the repository root (see benchmarks/README.md)::
 
-    python -m benchmarks.run                  # the full suite (about 2 minutes on 2 cores)
-    python -m benchmarks.run --quick          # tiny sizes and short windows (about 20 s)
+    python -m benchmarks.run                  # the full suite (about 10 minutes on 2 cores)
+    python -m benchmarks.run --quick          # tiny sizes and short windows (about 1 minute)
     python -m benchmarks.run --only local_get,memory --rounds 5
     python -m benchmarks.run --json results.json  # and python -m benchmarks.plot results.json
 
