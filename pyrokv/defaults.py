@@ -64,12 +64,11 @@ DEFAULT_FSYNC = "everysec"
 #: Every value of [node NAME] fsync.
 FSYNC_MODES: tuple[str, ...] = ("always", "everysec", "no")
 
-#: [node NAME] event_loop: the text server's event loop: ``asyncio`` (its own) or
-#: ``uvloop`` (needs ``pyrokv[fast]``; docs/performance.md says why it is not
-#: the default).
-DEFAULT_EVENT_LOOP = "asyncio"
+#: [node NAME] event_loop: the text server's event loop: ``auto`` (uvloop when it
+#: is installed, else asyncio's), ``asyncio`` or ``uvloop``.
+DEFAULT_EVENT_LOOP = "auto"
 #: Every value of [node NAME] event_loop.
-EVENT_LOOPS: tuple[str, ...] = ("asyncio", "uvloop")
+EVENT_LOOPS: tuple[str, ...] = ("auto", "asyncio", "uvloop")
 
 #: [node NAME] and [nameserver] max_message: the largest Pyro5 message a daemon
 #: accepts (bytes); a larger one is refused from its header.

@@ -321,7 +321,7 @@ def start_node(
     and every write is recorded there (:mod:`pyrokv.durable`); ``fsync`` says when
     a write is acknowledged (``always``, ``everysec``, ``no``). A dir that cannot be
     used raises a :class:`DataDirError` naming it. ``event_loop`` picks the text
-    server's event loop (:mod:`pyrokv.loops`: ``asyncio`` or ``uvloop``).
+    server's event loop (:mod:`pyrokv.loops`: ``auto`` takes uvloop when installed).
     """
     setup_pyro()
     check_event_loop(event_loop)

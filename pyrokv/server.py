@@ -25,7 +25,7 @@ import zlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
-from . import loops, peering, protocol
+from . import loops, malloc, peering, protocol
 from .defaults import DEFAULT_EVENT_LOOP, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_MESSAGE
 from .errors import HandOffPendingError, ProtocolError
 from .logs import RateLimited
@@ -169,6 +169,8 @@ class _Connection(asyncio.Protocol):
         self.server.reserved.pop(self, None)
         if self.idle is not None:
             self.idle.cancel()
+        if self.hold & _BLOCKED:
+            self.server.trim_soon()  # its unsent replies were freed
 
     def data_received(self, data: bytes) -> None:
         if self.closing or self.too_long:
@@ -805,14 +807,15 @@ class TextServer:
         #: Reserve connections that have not proved they are nodes, oldest first.
         self.reserved: dict[_Connection, None] = {}
         #: The kind of event loop it runs on: ``asyncio`` or ``uvloop`` (see
-        #: :mod:`pyrokv.loops`).
-        self.event_loop = event_loop
-        self.loop = loops.new_event_loop(event_loop)
+        #: :mod:`pyrokv.loops`; ``event_loop`` is the setting's value).
+        self.event_loop = loops.resolve(event_loop)
+        self.loop = loops.new_event_loop(self.event_loop)
         #: Replies of writes that waited for the disk, for the loop to hand out.
         self._disk_replies: collections.deque[tuple[Callable[[bytes], None], bytes]] = (
             collections.deque()
         )
         self._disk_scheduled = False
+        self._trim: asyncio.TimerHandle | None = None
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=ROUTE_WORKERS, thread_name_prefix="pyrokv-route"
         )
@@ -945,6 +948,16 @@ class TextServer:
                 MAX_BLOCKED,
             )
             oldest._abort()
+
+    def trim_soon(self) -> None:
+        """Return freed memory to the system in a second (:mod:`pyrokv.malloc`),
+        once for every connection lost until then."""
+        if self._trim is None and malloc.AVAILABLE:
+            self._trim = self.loop.call_later(1.0, self._trim_now)
+
+    def _trim_now(self) -> None:
+        self._trim = None
+        malloc.trim()
 
     def stop(self) -> None:
         """Close every connection and the listening socket; stop the thread."""

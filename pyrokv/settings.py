@@ -610,8 +610,8 @@ SETTINGS = (
         "event_loop",
         _event_loop,
         DEFAULT_EVENT_LOOP,
-        "the text server's event loop: asyncio (its own), or uvloop (pip "
-        "install 'pyrokv[fast]')",
+        "the text server's event loop: auto (uvloop when it is installed: "
+        "pip install 'pyrokv[fast]'; else asyncio's), asyncio, or uvloop",
         flag="--event-loop",
         commands=("node",),
         metavar="LOOP",

@@ -68,8 +68,7 @@ SAMPLES: dict[str, tuple[str, str, str]] = {
     "node.data_dir": ("/var/a", "/var/b", "/var/c"),
     # two values besides the default: the file's, and the flag's (no variable)
     "node.fsync": ("always", "always", "no"),
-    # one value besides the default
-    "node.event_loop": ("uvloop", "uvloop", "uvloop"),
+    "node.event_loop": ("asyncio", "asyncio", "uvloop"),
 }
 
 
@@ -97,10 +96,10 @@ def test_every_setting_has_samples_and_none_is_its_default() -> None:
     for s in SETTINGS:
         values = [value(s, i) for i in range(3)]
         assert s.default not in values, s.dest
-        # a switch has one value besides its default: the one its flag sets, as
-        # has a choice of two (event_loop); a choice of three (fsync) two
-        one = s.switch or s.dest == "node.event_loop"
-        distinct = 1 if one else 2 if s.dest == "node.fsync" else 3
+        # a switch has one value besides its default: the one its flag sets; a
+        # choice of three (fsync, event_loop) two
+        choices = ("node.fsync", "node.event_loop")
+        distinct = 1 if s.switch else 2 if s.dest in choices else 3
         assert len({s.show(v) for v in values}) == distinct, s.dest
 
 
