@@ -300,7 +300,9 @@ class Cluster:
         except BaseException:  # stopped half-way: free it to be finished or undone
             self._give_up(uris, participants, token)
             raise
-        self._give_up(uris, participants, token)  # done: no one drives it any more
+        # done: no one drives it any more (a node that missed this refuses other
+        # changes until the lease ends, so it has the whole call timeout)
+        self._give_up(uris, participants, token, self.timeout)
         moved = self._moved(runs, states, table)
         self._publish(uris, participants, target, new_spec)
         return {
@@ -311,14 +313,20 @@ class Cluster:
         }
 
     def _give_up(
-        self, uris: dict[str, Any], participants: list[str], token: str
+        self,
+        uris: dict[str, Any],
+        participants: list[str],
+        token: str,
+        timeout: float = 0.5,
     ) -> None:
         """Tell every node of a change that no one drives it any more: it completed,
         or stopped half-way (the nodes that do not answer let its lease run out)."""
 
         def release(node: str) -> None:
             try:
-                _call(uris[node], node, min(self.timeout, 0.5), "table_release", token)
+                _call(
+                    uris[node], node, min(self.timeout, timeout), "table_release", token
+                )
             except Exception:
                 pass
 
