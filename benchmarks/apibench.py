@@ -19,18 +19,23 @@ answers one JSON command per stdin line with one JSON line:
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import sys
 import time
-import traceback
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from Pyro5.api import Proxy
 
 from pyrokv import RoutingTable, start_node
 from pyrokv.naming import parse_address
+
+ROOT = Path(__file__).resolve().parent.parent
+if __package__ in (None, ""):  # run by path, as the suite runs it
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.jobs import serve  # noqa: E402
 
 GET = "pyrokv.tasks.get"
 
@@ -238,19 +243,11 @@ def main(argv: list[str] | None = None) -> int:
     options = parser.parse_args(argv)
     bench = Bench(options)
     try:
-        print("READY", flush=True)
-        for line in sys.stdin:
-            if not line.strip():
-                continue
-            try:
-                cmd = json.loads(line)["cmd"]
-                result = {"api": bench.api, "scaling": bench.scaling}[cmd]()
-            except BaseException:
-                result = {"error": traceback.format_exc()}
-            print(json.dumps(result), flush=True)
+        return serve(
+            lambda job: {"api": bench.api, "scaling": bench.scaling}[job["cmd"]]()
+        )
     finally:
         bench.close()
-    return 0
 
 
 if __name__ == "__main__":

@@ -22,18 +22,24 @@ one JSON job per stdin line with one JSON line:
 from __future__ import annotations
 
 import argparse
-import json
 import queue
 import sys
 import threading
 import time
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from Pyro5.api import Proxy
 
 from pyrokv import Client
+
+ROOT = Path(__file__).resolve().parent.parent
+if __package__ in (None, ""):  # run by path, as the suite runs it
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.jobs import serve  # noqa: E402
 
 #: A job for one worker thread: the name of the call to repeat, and the window.
 Job = tuple[str, float, float]
@@ -150,22 +156,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=100)
     options = parser.parse_args(argv)
     bench = Bench(options)
+
+    def answer(job: dict[str, Any]) -> dict[str, Any]:
+        start, end = float(job["start"]), float(job["end"])
+        ops = bench.run(job["call"], int(job["threads"]), start, end)
+        return {"ops": ops, "seconds": end - start}
+
     try:
-        print("READY", flush=True)
-        for line in sys.stdin:
-            if not line.strip():
-                continue
-            try:
-                job = json.loads(line)
-                start, end = float(job["start"]), float(job["end"])
-                ops = bench.run(job["call"], int(job["threads"]), start, end)
-                result: dict[str, Any] = {"ops": ops, "seconds": end - start}
-            except BaseException:
-                result = {"error": traceback.format_exc()}
-            print(json.dumps(result), flush=True)
+        return serve(answer)
     finally:
         bench.close()
-    return 0
 
 
 if __name__ == "__main__":

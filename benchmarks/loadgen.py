@@ -43,7 +43,6 @@ Two more jobs run hostile connections in the background, for the ``hostile`` cas
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import select
@@ -52,7 +51,14 @@ import sys
 import threading
 import time
 import traceback
+from pathlib import Path
 from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if __package__ in (None, ""):  # run by path, as the suite runs it
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.jobs import serve  # noqa: E402
 
 #: Peer frames from a connection that is no peer, each answered with one line.
 MALFORMED = [
@@ -302,25 +308,18 @@ class Attack:
 
 
 def main() -> int:
-    print("READY", flush=True)
-    attack: Attack | None = None
-    for line in sys.stdin:
-        if not line.strip():
-            continue
-        try:
-            job = json.loads(line)
-            if job["kind"] == "attack":
-                attack = Attack(job)
-                result: dict[str, Any] = {"attacking": attack.wait_started()}
-            elif job["kind"] == "stop":
-                assert attack is not None, "stop without an attack"
-                result, attack = attack.stop(), None
-            else:
-                result = run_job(job)
-        except BaseException:
-            result = {"error": traceback.format_exc()}
-        print(json.dumps(result), flush=True)
-    return 0
+    attacks: list[Attack] = []  # the attack running, if any
+
+    def answer(job: dict[str, Any]) -> dict[str, Any]:
+        if job["kind"] == "attack":
+            attacks.append(Attack(job))
+            return {"attacking": attacks[-1].wait_started()}
+        if job["kind"] == "stop":
+            assert attacks, "stop without an attack"
+            return attacks.pop().stop()
+        return run_job(job)
+
+    return serve(answer)
 
 
 if __name__ == "__main__":

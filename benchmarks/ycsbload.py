@@ -24,7 +24,6 @@ per stdin line and writes one JSON result per line:
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import socket
@@ -33,7 +32,14 @@ import threading
 import time
 import traceback
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if __package__ in (None, ""):  # run by path, as the suite runs it
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.jobs import serve  # noqa: E402
 
 #: Bytes in every value, loaded and updated: YCSB's default field length.
 VALUE_SIZE = 100
@@ -274,18 +280,9 @@ class Load:
 
 def main() -> int:
     load = Load()
-    print("READY", flush=True)
-    for line in sys.stdin:
-        if not line.strip():
-            continue
-        try:
-            job = json.loads(line)
-            run = load.prepare if job["kind"] == "prepare" else load.run
-            result = run(job)
-        except BaseException:
-            result = {"error": traceback.format_exc()}
-        print(json.dumps(result), flush=True)
-    return 0
+    return serve(
+        lambda job: (load.prepare if job["kind"] == "prepare" else load.run)(job)
+    )
 
 
 if __name__ == "__main__":
