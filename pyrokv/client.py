@@ -32,7 +32,6 @@ from .pipeline import Pipeline, send_batches
 from .protocol import VERBS
 from .proxies import checked_proxy
 from .router import DEFAULT_TIMEOUT, Router
-from .routing import Hop
 from .table import RoutingTable
 from .wire import use_tls
 
@@ -104,6 +103,11 @@ def parse_ns(ns: object) -> tuple[str, int]:
     Raises :class:`ConfigError` (a ``ValueError``) saying what was expected.
     """
     if isinstance(ns, str):
+        if "://" in ns:
+            raise ConfigError(
+                f"invalid name server address {ns!r}: Client() takes HOST:PORT; "
+                f"for a URL use Client.from_url({ns!r})"
+            )
         return naming.parse_address(ns, "name server address")
     if isinstance(ns, (tuple, list)) and len(ns) == 2:
         host, port = ns
@@ -275,22 +279,26 @@ class Client:
         left = deadline - time.monotonic()
         return self._router.via(self._via, bucket, func, args, kwargs, timeout=left)
 
-    def _verb(self, word: bytes, *args: Any) -> Any:
-        """Run the task of text-protocol verb ``word`` on the owner of ``args[0]``:
-        :meth:`route`, on the shortest path (every call of the API takes it)."""
+    def _verb(self, method: str, *args: Any) -> Any:
+        """Run the bucket verb whose ``TaskRunner`` method is ``method`` (``get`` ...)
+        on the owner of ``args[0]``: :meth:`route` on the shortest path, the smallest
+        message (every verb of this API takes it)."""
         if self._closed:
             self._check_open()
         router = self._router
-        deadline = time.monotonic() + router.timeout
+        limit = router.routing.timeout
         node = self._via
         if node is None:
+            deadline = time.monotonic() + limit
             node = self._via = self._pick_node(deadline)
-        hop = Hop(node, ())
-        return router.send(hop, args[0], VERBS[word].task_name, args, None, deadline)
+            limit = deadline - time.monotonic()
+        return router.proxies.call(
+            node, limit, lambda remote, _inner: getattr(remote, method)(*args)
+        )
 
     def create(self, bucket: str) -> None:
         """Create ``bucket`` on its owner (no change if it exists)."""
-        self._verb(b"CREATE", bucket)
+        self._verb("create", bucket)
 
     def get(self, bucket: str, key: Any, default: Any = None) -> Any:
         """The value of ``key`` in ``bucket``, or ``default`` when the key is missing.
@@ -298,20 +306,20 @@ class Client:
         A missing bucket raises :class:`BucketNotFoundError`. A key stored with the
         value None reads as missing.
         """
-        value = self._verb(b"GET", bucket, key)
+        value = self._verb("get", bucket, key)
         return default if value is None else value
 
     def put(self, bucket: str, key: Any, value: Any) -> None:
         """Set ``key`` in ``bucket`` to ``value``."""
-        self._verb(b"PUT", bucket, key, value)
+        self._verb("put", bucket, key, value)
 
     def delete(self, bucket: str, key: Any) -> Any:
         """Remove ``key`` from ``bucket``; return its old value or None."""
-        return self._verb(b"DELETE", bucket, key)
+        return self._verb("delete", bucket, key)
 
     def keys(self, bucket: str) -> list[Any]:
         """The keys of ``bucket``, sorted (by their ``repr`` when their types differ)."""
-        return list(self._verb(b"KEYS", bucket))
+        return list(self._verb("keys", bucket))
 
     def ping(self) -> bool:
         """True when the node this client talks to answers (``PING``); raises a

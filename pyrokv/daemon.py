@@ -13,6 +13,7 @@ import logging
 import selectors
 import socket
 import ssl
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -25,13 +26,16 @@ from Pyro5.svr_threads import ClientConnectionJob, PoolError, SocketServer_Threa
 from .defaults import DEFAULT_NS
 from .errors import ConfigError
 from .tls import TLSSettings
+from .wire import PEER_IDLE_TIMEOUT
 
 __all__ = [
     "HANDSHAKE_TIMEOUT",
     "MAX_HANDSHAKES",
     "BoundedHandshakeJob",
     "BoundedHandshakeServer",
+    "NodeDaemon",
     "bound_handshakes",
+    "client_timeout",
     "make_daemon",
     "make_nameserver",
 ]
@@ -58,6 +62,7 @@ def make_daemon(
     tls: TLSSettings | None = None,
     *,
     handshake_timeout: float = HANDSHAKE_TIMEOUT,
+    idle_timeout: float = PEER_IDLE_TIMEOUT,
     daemon_class: Callable[..., Any] = Pyro5.api.Daemon,
     **kwargs: Any,
 ) -> Any:
@@ -88,11 +93,42 @@ def make_daemon(
         )
     daemon = daemon_class(host=host, port=port, **kwargs)
     try:
-        bound_handshakes(daemon, tls, handshake_timeout)
+        bound_handshakes(daemon, tls, handshake_timeout, idle_timeout)
     except BaseException:
         daemon.close()
         raise
     return daemon
+
+
+class NodeDaemon(Pyro5.api.Daemon):  # type: ignore[misc]
+    """A node's Pyro5 daemon: it keeps the timeout each connecting proxy gives.
+
+    pyrokv's proxies send ``{"timeout": SECONDS}`` as Pyro5's connect handshake
+    data: the longest their calls wait (:meth:`pyrokv.proxies.ProxyPool`). A verb
+    of :class:`pyrokv.Client` (``TaskRunner.get`` and the like) carries no budget in
+    its arguments; the node reads it here (:func:`client_timeout`). Anything else
+    in the handshake (Pyro5's own ``"hello"``) gives no timeout.
+    """
+
+    def validateHandshake(self, conn: Any, data: Any) -> Any:  # noqa: N802 (Pyro5's)
+        timeout = data.get("timeout") if isinstance(data, dict) else None
+        if (
+            timeout.__class__ in (int, float)
+            and 0 < timeout <= MAX_CLIENT_TIMEOUT  # NaN fails both
+        ):
+            conn.pyrokv_timeout = float(timeout)
+        return super().validateHandshake(conn, data)
+
+
+#: The longest timeout a connecting proxy may give (a day); a larger one gives none.
+MAX_CLIENT_TIMEOUT = 86400.0
+
+
+def client_timeout() -> float | None:
+    """The timeout the proxy of the call this worker serves gave when it connected
+    (see :class:`NodeDaemon`); None when it gave none."""
+    client = Pyro5.api.current_context.client
+    return getattr(client, "pyrokv_timeout", None)
 
 
 def make_nameserver(
@@ -120,15 +156,22 @@ def make_nameserver(
 
 
 def bound_handshakes(
-    daemon: Any, tls: TLSSettings | None, handshake_timeout: float = HANDSHAKE_TIMEOUT
+    daemon: Any,
+    tls: TLSSettings | None,
+    handshake_timeout: float = HANDSHAKE_TIMEOUT,
+    idle_timeout: float = PEER_IDLE_TIMEOUT,
 ) -> None:
     """Move ``daemon``'s TLS handshake off its accept loop, bounded by a deadline.
 
     For a daemon made by some other code (any thread-pool ``Daemon`` subclass); call
     it before ``requestLoop``. With ``tls`` None the daemon stays plain, but Pyro5's
-    connect message is bounded by ``handshake_timeout`` all the same.
+    connect message is bounded by ``handshake_timeout`` all the same. Past the
+    connect message, a connection that waits for a request (or for the rest of one)
+    for ``idle_timeout`` seconds is closed, and so is one whose peer stops reading
+    its replies for as long.
     """
     _check_timeout(handshake_timeout)
+    _check_timeout(idle_timeout, "idle")
     server = daemon.transportServer
     if isinstance(server, BoundedHandshakeServer):
         raise ConfigError(f"the handshakes of {daemon} are bounded already")
@@ -143,14 +186,16 @@ def bound_handshakes(
             "or it would serve plain connections"
         )
     server.__class__ = BoundedHandshakeServer
-    server._adopt(tls.server_context() if tls is not None else None, handshake_timeout)
+    server._adopt(
+        tls.server_context() if tls is not None else None,
+        handshake_timeout,
+        idle_timeout,
+    )
 
 
-def _check_timeout(timeout: float) -> None:
+def _check_timeout(timeout: float, what: str = "TLS handshake") -> None:
     if not timeout > 0:
-        raise ConfigError(
-            f"the TLS handshake timeout must be positive, not {timeout!r}"
-        )
+        raise ConfigError(f"the {what} timeout must be positive, not {timeout!r}")
 
 
 class BoundedHandshakeServer(SocketServer_Threadpool):  # type: ignore[misc]
@@ -164,12 +209,20 @@ class BoundedHandshakeServer(SocketServer_Threadpool):  # type: ignore[misc]
     tls_context: ssl.SSLContext | None
     handshake_timeout: float
 
-    def _adopt(self, context: ssl.SSLContext | None, timeout: float) -> None:
+    def _adopt(
+        self, context: ssl.SSLContext | None, timeout: float, idle_timeout: float
+    ) -> None:
         self.tls_context = context
         self.handshake_timeout = float(timeout)
+        self.idle_timeout = float(idle_timeout)
         self._denier = _Denier(self.daemon)
         self._pending: set[BoundedHandshakeJob] = set()
         self._pending_lock = threading.Lock()
+        self._live: set[BoundedHandshakeJob] = set()  # past the connect message
+        self._swept = threading.Event()  # set: the server is closing
+        threading.Thread(
+            target=self._sweep, name="pyrokv-idle-connections", daemon=True
+        ).start()
         self._handshaker = _Handshaker(self, context) if context is not None else None
         listener = self.sock
         if isinstance(listener, ssl.SSLSocket):
@@ -234,8 +287,35 @@ class BoundedHandshakeServer(SocketServer_Threadpool):  # type: ignore[misc]
         with self._pending_lock:
             self._pending.discard(job)
 
+    def _watch(self, job: BoundedHandshakeJob, live: bool) -> None:
+        with self._pending_lock:
+            if live:
+                self._live.add(job)
+            else:
+                self._live.discard(job)
+
+    def _sweep(self) -> None:
+        """Close the connections whose current receive began over ``idle_timeout``
+        ago: an idle peer, or a request that stalls half-sent (see
+        :class:`WatchedConnection`). A peer that stops reading its replies is cut
+        by the socket's send timeout instead."""
+        while not self._swept.wait(min(self.idle_timeout / 4, 5.0)):
+            now = time.monotonic()
+            with self._pending_lock:
+                live = list(self._live)
+            for job in live:
+                since = job.csock.receiving
+                if since and now - since > self.idle_timeout:
+                    log.info(
+                        "closing the connection from %s: no request for %.0fs",
+                        job.caddr,
+                        now - since,
+                    )
+                    _cut(job.csock.sock)
+
     def close(self) -> None:
         """Also cut the handshakes in progress, so their workers end now."""
+        self._swept.set()
         with self._pending_lock:
             pending = list(self._pending)
         if self._handshaker is not None:
@@ -250,7 +330,7 @@ class BoundedHandshakeJob(ClientConnectionJob):  # type: ignore[misc]
     """One connection on a worker: TLS handshake and Pyro5 connect before a deadline,
     then Pyro5's request loop."""
 
-    csock: Any  # Pyro5's SocketConnection; .sock becomes the TLS socket
+    csock: WatchedConnection  # .sock becomes the TLS socket
 
     def __init__(
         self,
@@ -259,9 +339,19 @@ class BoundedHandshakeJob(ClientConnectionJob):  # type: ignore[misc]
         daemon: Any,
         server: BoundedHandshakeServer,
     ) -> None:
-        super().__init__(csock, caddr, daemon)
+        # ClientConnectionJob.__init__, with a WatchedConnection (a second
+        # SocketConnection of the same socket would close it when collected).
+        self.csock = WatchedConnection(csock)
+        self.caddr = caddr
+        self.daemon = daemon
         self.server = server
         self.deadline = time.monotonic() + server.handshake_timeout
+
+    def __call__(self) -> None:
+        try:
+            super().__call__()  # the connect message (handleConnection), requests
+        finally:
+            self.server._watch(self, False)
 
     def handleConnection(self) -> bool:  # noqa: N802 (Pyro5's name)
         try:
@@ -276,10 +366,51 @@ class BoundedHandshakeJob(ClientConnectionJob):  # type: ignore[misc]
                 return False
             if not super().handleConnection():  # Pyro5's connect message
                 return False
-            self.csock.sock.settimeout(Pyro5.api.config.COMMTIMEOUT or None)
+            # Blocking, without a timeout: a timeout makes every receive and send
+            # poll first (and, with many connections, wait for the GIL twice).
+            # The server's sweep closes idle peers; the send timeout, peers that
+            # stop reading.
+            sock = self.csock.sock
+            sock.settimeout(None)
+            sock.setsockopt(
+                socket.SOL_SOCKET,
+                socket.SO_SNDTIMEO,
+                _timeval(self.server.idle_timeout),
+            )
+            self.server._watch(self, True)
             return True
         finally:
             self.server._finished(self)
+
+
+class WatchedConnection(socketutil.SocketConnection):  # type: ignore[misc]
+    """Pyro5's SocketConnection that notes when its current receive began.
+
+    ``receiving`` is that time (``time.monotonic()``), 0 while the worker does
+    anything else; the server's sweep closes a connection receiving for longer than
+    its idle timeout. As cheap as Pyro5's own ``recv``: no extra call.
+    """
+
+    receiving = 0.0
+
+    def recv(self, size: int) -> bytes:
+        self.receiving = time.monotonic()
+        data: bytes = socketutil.receive_data(self.sock, size)
+        self.receiving = 0.0
+        return data
+
+
+def _timeval(seconds: float) -> bytes:
+    """``seconds`` as a ``struct timeval``, for SO_SNDTIMEO."""
+    whole = int(seconds)
+    return struct.pack("ll", whole, int((seconds - whole) * 1e6))
+
+
+def _cut(sock: socket.socket) -> None:
+    """Shut ``sock`` down, so the worker blocked on it returns (TLS or plain: the
+    plain socket's own shutdown, so a TLS object in use by the worker is left)."""
+    with contextlib.suppress(OSError):
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
 
 class _Handshaker:

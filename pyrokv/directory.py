@@ -47,15 +47,18 @@ class Directory:
     def __init__(self, ns: tuple[str, int], timeout: float) -> None:
         self.ns = ns
         self.timeout = float(timeout)
-        self._entries: dict[str, Entry] = {}
+        #: Where each node is, as last looked up (read it with :meth:`cached`,
+        #: or directly on a hot path).
+        self.entries: dict[str, Entry] = {}
         self._text: dict[str, tuple[str, int] | None] = {}
         self._epochs = itertools.count(1)
         self._lock = threading.Lock()
-        self._down: set[str] = set()
+        #: The nodes that failed their last call (empty in the common case).
+        self.down: set[str] = set()
 
     def cached(self, node: str) -> Entry | None:
         """The cached entry of ``node``, without asking the name server."""
-        return self._entries.get(node)
+        return self.entries.get(node)
 
     def lookup(self, node: str, deadline: float) -> Entry:
         """Ask the name server where ``node`` is (blocking, until ``deadline``); cache it.
@@ -88,7 +91,7 @@ class Directory:
             ) from exc
         with self._lock:
             entry = Entry(node, uri, naming.text_address(metadata), next(self._epochs))
-            self._entries[node] = entry
+            self.entries[node] = entry
             self._text[node] = entry.text
         return entry
 
@@ -103,7 +106,7 @@ class Directory:
 
     def forget(self, node: str) -> None:
         """Drop ``node``'s cached URI: a call to it failed, it may have moved."""
-        self._entries.pop(node, None)
+        self.entries.pop(node, None)
 
     def forget_text(self, node: str) -> None:
         """Drop ``node``'s cached text address: its peer link failed."""
@@ -112,22 +115,22 @@ class Directory:
     def mark_down(self, node: str, why: object) -> None:
         """A request to ``node`` failed: log it once per outage, not per request."""
         with self._lock:
-            if node in self._down:
+            if node in self.down:
                 return
-            self._down.add(node)
+            self.down.add(node)
         log.warning("node %r is unreachable: %s", node, why)
 
     def mark_up(self, node: str) -> None:
         """``node`` answered: log that it is back if it was down."""
-        if node not in self._down:  # the common case: no lock
+        if node not in self.down:  # the common case: no lock
             return
         with self._lock:
-            if node not in self._down:
+            if node not in self.down:
                 return
-            self._down.discard(node)
+            self.down.discard(node)
         log.info("node %r is reachable again", node)
 
     def clear(self) -> None:
         """Forget every node."""
-        self._entries.clear()
+        self.entries.clear()
         self._text.clear()

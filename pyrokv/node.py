@@ -23,7 +23,7 @@ from Pyro5.api import Proxy
 
 from . import __version__, naming, peering
 from . import metrics as metrics_module
-from .daemon import make_daemon
+from .daemon import NodeDaemon, make_daemon
 from .defaults import (
     DEFAULT_ALLOW,
     DEFAULT_EVENT_LOOP,
@@ -426,7 +426,7 @@ def _start_node(
     set_workers(workers)
     Pyro5.api.config.MAX_MESSAGE_SIZE = max_message
     try:
-        daemon = make_daemon(host, port, tls)
+        daemon = make_daemon(host, port, tls, daemon_class=NodeDaemon)
     except OSError as exc:
         raise ListenError.of(
             "port",

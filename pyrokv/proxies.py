@@ -41,6 +41,7 @@ __all__ = [
     "RECONNECT_IDLE",
     "Held",
     "ProxyPool",
+    "Remote",
     "check_certificate",
     "checked_proxy",
     "translate",
@@ -53,6 +54,10 @@ log = logging.getLogger("pyrokv.proxies")
 RECONNECT_IDLE = PEER_IDLE_TIMEOUT / 2
 
 _LINGER_0 = struct.pack("ii", 1, 0)
+
+#: A call reuses its proxy's timeout when it is within this of the call's time
+#: left, in seconds (setting a socket's timeout costs a system call).
+TIMEOUT_SLACK = 0.001
 
 T = TypeVar("T")
 
@@ -143,13 +148,35 @@ def checked_proxy(uri: Any, node: str, timeout: float) -> Proxy:
     return proxy
 
 
+class Remote:
+    """A proxy's remote methods, each made once, by name: ``remote.route(...)``.
+
+    Pyro5 makes a new remote method object on every attribute read of a proxy
+    (about a microsecond); the send functions of :meth:`ProxyPool.call` read one
+    per call.
+    """
+
+    def __init__(self, proxy: Any) -> None:
+        self._proxy = proxy
+
+    def __getattr__(self, name: str) -> Any:  # the first read of ``name`` only
+        if name.startswith("_"):
+            raise AttributeError(name)
+        method = getattr(self._proxy, name)
+        self.__dict__[name] = method
+        return method
+
+
 @dataclass(slots=True)
 class Held:
-    """One thread's proxy for one node, built from the directory entry ``epoch``."""
+    """One thread's proxy for one node, built from the directory entry ``epoch``;
+    ``timeout`` is the proxy's timeout as last set, ``remote`` its methods."""
 
     proxy: Any
     epoch: int
     used: float
+    timeout: float
+    remote: Remote
 
 
 class _ThreadProxies:
@@ -178,7 +205,8 @@ class ProxyPool:
         send: Callable[[Any, float], T],
         path: Sequence[str] = (),
     ) -> T:
-        """``send(proxy, inner_budget)`` on ``owner``'s TaskRunner, within ``limit`` seconds.
+        """``send(remote, inner_budget)`` on ``owner``'s TaskRunner, within ``limit``
+        seconds; ``remote`` is its proxy's :class:`Remote` (``remote.route(...)``).
 
         ``path`` (the nodes visited) only names the route in an error. A call that
         fails to connect because the node restarted at another address is sent once
@@ -189,11 +217,15 @@ class ProxyPool:
         deadline = time.monotonic() + limit
         inner = inner_budget(limit)
         for attempt in (1, 2):
-            proxy = self.proxy(owner, deadline)
-            proxy._pyroTimeout = max(deadline - time.monotonic(), 0.001)
+            held = self.held(owner, deadline)
+            proxy = held.proxy
+            left = deadline - time.monotonic()
+            if abs(held.timeout - left) > TIMEOUT_SLACK:  # else a syscall per call
+                proxy._pyroTimeout = held.timeout = max(left, 0.001)
             try:
-                result = send(proxy, inner)
-                self.directory.mark_up(owner)
+                result = send(held.remote, inner)
+                if self.directory.down:
+                    self.directory.mark_up(owner)
                 return result
             except Pyro5.errors.CommunicationError as exc:
                 location = proxy._pyroUri.location
@@ -220,15 +252,19 @@ class ProxyPool:
 
     def proxy(self, owner: str, deadline: float) -> Any:
         """This thread's proxy for ``owner``'s TaskRunner, reconnected when stale."""
-        mine = self._mine()
-        known = self.directory.cached(owner)
+        return self.held(owner, deadline).proxy
+
+    def held(self, owner: str, deadline: float) -> Held:
+        """This thread's :class:`Held` proxy for ``owner``, reconnected when stale."""
+        mine = getattr(self._local, "proxies", None) or self._mine()
+        known = self.directory.entries.get(owner)
         held = mine.held.get(owner)
         if held is not None:
             now = time.monotonic()
             current = known is not None and held.epoch == known.epoch
             if current and now - held.used < RECONNECT_IDLE:
                 held.used = now
-                return held.proxy
+                return held
             del mine.held[owner]
             held.proxy._pyroRelease()
         fresh = known is None
@@ -237,10 +273,12 @@ class ProxyPool:
 
     def _connect(
         self, mine: _ThreadProxies, entry: Entry, deadline: float, fresh: bool
-    ) -> Any:
+    ) -> Held:
         owner = entry.node
         proxy = Proxy(entry.uri)
         proxy._pyroTimeout = max(deadline - time.monotonic(), 0.001)
+        # The node keeps it for the calls that carry no budget (TaskRunner.get ...).
+        proxy._pyroHandshake = {"timeout": self.directory.timeout}
         try:
             proxy._pyroBind()
         except Pyro5.errors.CommunicationError as exc:
@@ -256,7 +294,7 @@ class ProxyPool:
             if fresh or not isinstance(error, NodeUnreachableError):
                 raise error from exc
             # The cached address may be from before a restart: look it up again.
-            return self.proxy(owner, deadline)
+            return self.held(owner, deadline)
         try:
             check_certificate(proxy, owner)
         except NodeIdentityError:
@@ -267,8 +305,10 @@ class ProxyPool:
         # the kernel's send queue and reach the node when the link comes back.
         sock = proxy._pyroConnection.sock
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_0)
-        mine.held[owner] = Held(proxy, entry.epoch, time.monotonic())
-        return proxy
+        held = mine.held[owner] = Held(
+            proxy, entry.epoch, time.monotonic(), proxy._pyroTimeout, Remote(proxy)
+        )
+        return held
 
     def _mine(self) -> _ThreadProxies:
         mine: _ThreadProxies | None = getattr(self._local, "proxies", None)

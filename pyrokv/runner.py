@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 from Pyro5.api import expose
 
 from . import guard, tasks
+from .daemon import client_timeout
 from .defaults import DEFAULT_ALLOW
 from .errors import (
     NoRouterError,
@@ -28,7 +29,8 @@ from .errors import (
     UndecodableReplyError,
 )
 from .live import unpack_pairs
-from .routing import HERE, WAIT, Hop
+from .protocol import BUCKET, VERBS
+from .routing import HERE, WAIT, Hop, inner_budget
 from .stats import Stats
 
 if TYPE_CHECKING:
@@ -145,22 +147,100 @@ class TaskRunner:
         in seconds, for the whole route; ``version`` the table version it was routed
         by (None from a client).
         """
-        if self.router is None:
-            raise NoRouterError(f"node {self.node!r} has no router to route with")
-        if not isinstance(bucket, (str, bytes)) or not isinstance(func, str):
+        if not isinstance(func, str):
             raise TaskArgumentError("bucket must be text or bytes, func a dotted name")
         checked_path = guard.check_path(path)
-        counts = self.stats.peer_requests if checked_path else self.stats.requests
-        name = _label(func)
+        return self._route(
+            bucket,
+            func,
+            _label(func),
+            guard.check_args(args),
+            guard.check_kwargs(kwargs),
+            checked_path,
+            guard.check_budget(budget),
+            guard.check_version(version),
+        )
+
+    # -- the client's verbs: pyrokv.Client's calls, as small as Pyro5 calls go ----
+
+    @_exposed
+    def get(self, bucket: str, key: Any) -> Any:
+        """``GET``: :meth:`route` of ``pyrokv.tasks.get``, from a client."""
+        return self._verb("GET", (bucket, key))
+
+    @_exposed
+    def put(self, bucket: str, key: Any, value: Any) -> None:
+        """``PUT``: :meth:`route` of ``pyrokv.tasks.put``, from a client."""
+        self._verb("PUT", (bucket, key, value))
+
+    @_exposed
+    def delete(self, bucket: str, key: Any) -> Any:
+        """``DELETE``: :meth:`route` of ``pyrokv.tasks.delete``, from a client."""
+        return self._verb("DELETE", (bucket, key))
+
+    @_exposed
+    def create(self, bucket: str) -> None:
+        """``CREATE``: :meth:`route` of ``pyrokv.tasks.create``, from a client."""
+        self._verb("CREATE", (bucket,))
+
+    @_exposed
+    def keys(self, bucket: str) -> list[Any]:
+        """``KEYS``: :meth:`route` of ``pyrokv.tasks.keys``, from a client."""
+        return list(self._verb("KEYS", (bucket,)))
+
+    def _verb(self, word: str, args: tuple[Any, ...]) -> Any:
+        """Route a client's request of the bucket verb ``word``: :meth:`route` of its
+        task, with nothing in the message but the arguments.
+
+        Pyro5 decodes a call's arguments at a cost per element (see
+        :mod:`pyrokv.guard`), so these calls carry no task name and no budget: the
+        budget is the client's timeout, less a margin, which its proxy gave when it
+        connected (:func:`pyrokv.daemon.client_timeout`).
+        """
+        router = self.router
+        bucket = args[0]
+        if router is not None and bucket.__class__ is str:
+            # The common case, inline: a bucket of this node, decided as the text
+            # server decides it; the verb's task is its registry method.
+            routing = router.routing
+            ticket = routing.gate.enter()
+            try:
+                if routing.decide(bucket) is HERE:
+                    counts = self.stats.requests
+                    try:
+                        result = getattr(self._context.registry, _METHODS[word])(*args)
+                    except Exception:
+                        counts.error[word] += 1
+                        raise
+                    counts.ok[word] += 1
+                    return result
+            finally:
+                routing.gate.leave(ticket)
+        timeout = client_timeout()
+        budget = None if timeout is None else inner_budget(timeout)
+        return self._route(bucket, _TASKS[word], word, args, None, [], budget, None)
+
+    def _route(
+        self,
+        bucket: Any,
+        func: str,
+        name: str,
+        args: Sequence[Any],
+        kwargs: dict[str, Any] | None,
+        path: list[str],
+        budget: float | None,
+        version: int | None,
+    ) -> Any:
+        """:meth:`route` and :meth:`verb` once their arguments are checked; counts the
+        request under ``name``."""
+        if self.router is None:
+            raise NoRouterError(f"node {self.node!r} has no router to route with")
+        if not isinstance(bucket, (str, bytes)):
+            raise TaskArgumentError("bucket must be text or bytes, func a dotted name")
+        counts = self.stats.peer_requests if path else self.stats.requests
         try:
             result = self.router.forwarded(
-                bucket,
-                func,
-                guard.check_args(args),
-                guard.check_kwargs(kwargs),
-                checked_path,
-                guard.check_budget(budget),
-                guard.check_version(version),
+                bucket, func, args, kwargs, path, budget, version
             )
         except Exception:
             counts.error[name] += 1
@@ -502,6 +582,12 @@ def _summary(function: Callable[..., Any]) -> str:
     """The first line of the function's docstring, or nothing."""
     doc = inspect.getdoc(function) or ""
     return doc.strip().splitlines()[0] if doc.strip() else ""
+
+
+#: The bucket verbs of the text protocol: word -> the task that runs it, and the
+#: :class:`~pyrokv.Registry` method that task calls (TaskRunner.get and the like).
+_TASKS = {v.name.decode(): v.task_name for v in VERBS.values() if v.scope == BUCKET}
+_METHODS = {v.name.decode(): v.method for v in VERBS.values() if v.scope == BUCKET}
 
 
 def _label(func: str) -> str:

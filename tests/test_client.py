@@ -72,3 +72,39 @@ def test_picks_a_live_node(unique: str) -> None:
             kv.get("x", "k")
     finally:
         ns_child.stop()
+
+
+def test_a_hung_owner_is_named_within_the_clients_timeout(unique: str) -> None:
+    """A verb carries no budget in its arguments: the node takes the client's
+    timeout from its connection, so a hung owner is named before the client gives
+    up, though the node's own timeout is far longer."""
+    import os
+    import signal
+    import time
+
+    from pyrokv import NodeTimeoutError
+
+    ns_child, ns = spawn_nameserver()
+    near, far = f"a{unique}", f"b{unique}"
+    table = f"a..m={near}, n..z={far}"
+    nodes = []
+    try:
+        for name in (near, far):
+            nodes.append(spawn_node(name, ns, table, extra=["--timeout", "30"]))
+        with Client(ns, via=near, timeout=2) as kv:
+            kv.create("zebras")
+            kv.put("zebras", "k", 1)
+            assert kv.get("zebras", "k") == 1
+            os.kill(nodes[1].proc.pid, signal.SIGSTOP)
+            try:
+                start = time.monotonic()
+                with pytest.raises(NodeTimeoutError, match=f"node '{far}'"):
+                    kv.get("zebras", "k")
+                assert time.monotonic() - start < 2.5
+            finally:
+                os.kill(nodes[1].proc.pid, signal.SIGCONT)
+            assert kv.get("zebras", "k") == 1
+    finally:
+        for node in nodes:
+            node.stop()
+        ns_child.stop()

@@ -11,6 +11,7 @@ import contextlib
 import select
 import socket
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import Pyro5.api
@@ -211,3 +212,88 @@ def test_plain_daemon_through_make_daemon() -> None:
         # Pyro5 answers a connect message that never came with "connection
         # rejected" (a PYRO message), then closes.
         assert closed_within(idle, timeout=5.0, reply=b"PYRO") < 3.0
+
+
+# -- connections past the connect message: idle, stalled, not reading ------------
+
+
+@contextlib.contextmanager
+def _connected(idle_timeout: float = 0.5) -> Iterator[tuple[Any, Any, Any]]:
+    """A plain daemon cutting idle connections after ``idle_timeout``, serving;
+    yields (daemon, uri, proxy), the proxy past its connect message."""
+    configure_tls(None)
+    daemon = make_daemon(HOST, 0, None, idle_timeout=idle_timeout)
+    with serving(daemon) as uri:
+        proxy = Pyro5.api.Proxy(uri)
+        proxy._pyroTimeout = 5
+        try:
+            proxy._pyroBind()
+            yield daemon, uri, proxy
+        finally:
+            proxy._pyroRelease()
+
+
+def _serves(uri: Any) -> bool:
+    """Whether a new connection to ``uri`` gets a worker and an answer."""
+    try:
+        return bool(call(uri, "echo", 1, timeout=2.0) == 1)
+    except Pyro5.errors.CommunicationError:
+        return False
+
+
+def _pool_of_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Pyro5.api.config, "THREADPOOL_SIZE", 1)
+    monkeypatch.setattr(Pyro5.api.config, "THREADPOOL_SIZE_MIN", 1)
+
+
+@pytest.mark.distributed
+def test_an_idle_connection_is_closed_and_its_worker_freed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A Pyro5 connection that sends no request for the idle timeout is closed,
+    without a timeout on its socket (no poll before every receive and send)."""
+    _pool_of_one(monkeypatch)
+    with _connected() as (daemon, uri, idle):
+        assert idle.echo(1) == 1
+        worker = daemon.transportServer._live.copy().pop()
+        assert worker.csock.sock.gettimeout() is None
+        with pytest.raises(Pyro5.errors.CommunicationError, match="no free"):
+            call(uri, "echo", 2, timeout=2.0)  # the only worker is held
+        assert closed_within(idle._pyroConnection.sock, timeout=5.0) < 4.0
+        wait_until(lambda: _serves(uri), "the worker to be freed")
+
+
+@pytest.mark.distributed
+def test_a_request_stalled_half_sent_is_closed_at_the_idle_timeout() -> None:
+    """A peer that sends part of a request and stops is cut after the idle timeout."""
+    with _connected() as (_daemon, _uri, proxy):
+        sock = proxy._pyroConnection.sock
+        sock.sendall(b"PYRO\x05")  # the first bytes of a message header
+        start = time.monotonic()
+        closed_within(sock, timeout=5.0)
+        assert 0.4 <= time.monotonic() - start < 4.0
+
+
+@pytest.mark.distributed
+def test_a_peer_that_stops_reading_replies_is_cut_by_the_send_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A peer that sends a request with a large reply and never reads it holds its
+    worker only until the send timeout (the idle timeout) runs out."""
+    from Pyro5 import protocol, serializers
+
+    _pool_of_one(monkeypatch)
+    monkeypatch.setattr(Pyro5.api.config, "MAX_MESSAGE_SIZE", 64 * 1024 * 1024)
+    with _connected() as (_daemon, uri, proxy):
+        sock = proxy._pyroConnection.sock
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        serpent = serializers.serializers["serpent"]
+        body = serpent.dumpsCall("echo", "echo", (b"x" * 24_000_000,), {})
+        message = protocol.SendingMessage(
+            protocol.MSG_INVOKE, 0, 1, serpent.serializer_id, body
+        )
+        sock.sendall(message.data)  # and never read the 24 MB reply
+        assert not _serves(uri)  # the only worker is sending the reply
+        wait_until(
+            lambda: _serves(uri), "the worker to give up the reply", timeout=20.0
+        )
