@@ -129,7 +129,7 @@ def parse_address(text: str, what: str = "address") -> tuple[str, int]:
     host, sep, port = str(text).strip().rpartition(":")
     host = host.strip("[]")
     try:
-        if not sep or not host or not port.isdigit():
+        if not sep or not host or not port.isdigit() or "/" in host:
             raise ValueError(port)
         return host, parse_port(port)
     except ValueError:

@@ -99,7 +99,8 @@ def test_defaults_and_ipv6_addresses_are_read() -> None:
 
 @pytest.mark.parametrize(
     "ns",
-    ["127.0.0.1", "127.0.0.1:x", "127.0.0.1:70000", ":9090", ("h",), ("h", "9090"),
+    ["127.0.0.1", "127.0.0.1:x", "127.0.0.1:70000", ":9090", "pyrokv://h:9090",
+     "h/x:9090", ("h",), ("h", "9090"),
      ("h", 1, 2), ("", 9090), ("h", True), ("h", -1), 9090, None],
 )  # fmt: skip
 def test_a_bad_address_is_a_config_error(ns: object) -> None:
