@@ -469,7 +469,8 @@ def dict_memory(count: int) -> tuple[int, int]:
 
 def metrics(suite: Suite, r: int) -> None:
     """Local GET over 8 connections on a node with --metrics (scraped once a round)
-    against the same on foo, without; run it with --rounds 5 for its target."""
+    against its twin without (same table, same start, no metrics); run it with
+    --rounds 5 for its target."""
     add = suite.results.add
     assert suite.cluster is not None
     met = suite.cluster.nodes["met"]
@@ -479,7 +480,7 @@ def metrics(suite: Suite, r: int) -> None:
     on, off = suite.pair(
         r,
         partial(suite.text, suite.addresses["met"], GET_LOCAL, 8),
-        partial(suite.text, suite.addresses["foo"], GET_LOCAL, 8),
+        partial(suite.text, suite.addresses["nomet"], GET_LOCAL, 8),
     )
     add("metrics", "pyrokv GET local, 8 conn, --metrics", "ops/s", r, on)
     add("metrics", "pyrokv GET local, 8 conn, no metrics", "ops/s", r, off)
