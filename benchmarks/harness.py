@@ -109,6 +109,9 @@ class BenchOptions:
     #: without a target stops at (0: no limit)
     latency_requests: int = 100_000
     latency_seconds: float = 3.0
+    #: the shortest slice of a point, in seconds (0: no minimum); the points with
+    #: a target send more requests than latency_requests if they need them
+    latency_slice_seconds: float = 1.0
     #: keys of the ycsb case (in 1,000 buckets)
     ycsb_keys: int = 100_000
     #: the many case: nodes of its big cluster, and idle connections to one node

@@ -67,6 +67,11 @@ TARGET = Target("<=", 1.5)
 #: p99 rests on 10 of them): the p99 ratio is the median over slice pairs.
 SLICES = 10
 SLICE_REQUESTS = 1_000
+#: Slices last at least ``--latency-slice-seconds`` (1 s): the machine stalls for
+#: about 2 ms a few times a second, and in slices of 0.2 s (10,000 requests at
+#: 45,000/s) one stall more or less set the slice's p99 (0.1 ms or 1.4-2.2 ms, on
+#: pyrokv and the echo server alike), so the median of the pairs' ratios said
+#: where the stalls fell (2.22x in one run, 0.83x for the merged p99s).
 #: Percentiles of the table and the JSON.
 PERCENTILES = {"p50": 50.0, "p99": 99.0, "p99.9": 99.9}
 #: Seconds between sending a job and the time its first request is due.
@@ -175,11 +180,16 @@ def closed_maxima(suite: Suite, r: int) -> dict[tuple[str, int], tuple[float, fl
 
 def requests_for(suite: Suite, work: Workload, load: float, rate: float) -> int:
     """Requests a point sends: ``--latency-requests``, or for a point without a
-    target, fewer if they would take longer than ``--latency-seconds``."""
+    target, fewer if they would take longer than ``--latency-seconds``; a point
+    with a target sends more if SLICES slices of ``--latency-slice-seconds`` need
+    them."""
     options = suite.options
     wanted = options.latency_requests
-    if not (work.targeted and load == TARGET_LOAD) and options.latency_seconds > 0:
-        wanted = min(wanted, int(rate * options.latency_seconds))
+    if not (work.targeted and load == TARGET_LOAD):
+        if options.latency_seconds > 0:
+            wanted = min(wanted, int(rate * options.latency_seconds))
+    else:
+        wanted = max(wanted, int(rate * options.latency_slice_seconds * SLICES))
     return max(wanted, 10)
 
 
@@ -196,6 +206,9 @@ def open_point(
     points and the p99 ratio recorded."""
     total = requests_for(suite, work, load, rate)
     slices = max(1, min(SLICES, total // SLICE_REQUESTS))
+    seconds = suite.options.latency_slice_seconds
+    if seconds > 0:  # no slice shorter than that (see SLICE_REQUESTS)
+        slices = max(1, min(slices, int(total / (rate * seconds))))
     each, extra = divmod(total, slices)
     from hdrh.histogram import HdrHistogram  # the bench extra; only this case needs it
 

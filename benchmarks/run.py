@@ -214,6 +214,13 @@ def parse_args(argv: Sequence[str] | None) -> tuple[BenchOptions, argparse.Names
         help="a latency point without a target stops after this many seconds if "
         "its requests take longer (default 3; 0.05 with --quick; 0: no limit)",
     )
+    parser.add_argument(
+        "--latency-slice-seconds",
+        type=float,
+        help="the shortest slice of a latency point: a point with a target sends "
+        "enough requests for 10 slices this long, and no point is cut into shorter "
+        "ones (default 1; 0 with --quick: no minimum)",
+    )
     args = parser.parse_args(argv)
     chosen = list(CASES)
     if args.only:
@@ -232,6 +239,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[BenchOptions, argparse.Names
         parser.error("--latency-requests must be at least 10")
     if args.latency_seconds is not None and args.latency_seconds < 0:
         parser.error("--latency-seconds must be 0 (no limit) or more")
+    if args.latency_slice_seconds is not None and args.latency_slice_seconds < 0:
+        parser.error("--latency-slice-seconds must be 0 (no minimum) or more")
     if "latency" in chosen and not have_hdrhistogram():
         parser.error(
             "the latency case needs the hdrhistogram package: pip install -e "
@@ -264,6 +273,10 @@ def parse_args(argv: Sequence[str] | None) -> tuple[BenchOptions, argparse.Names
         options.latency_seconds = args.latency_seconds
     elif quick:
         options.latency_seconds = 0.05
+    if args.latency_slice_seconds is not None:
+        options.latency_slice_seconds = args.latency_slice_seconds
+    elif quick:
+        options.latency_slice_seconds = 0.0
     return options, args
 
 
