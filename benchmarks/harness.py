@@ -436,12 +436,7 @@ class Suite:
                 big = b"b" * BIG_VALUE
                 conn.expect(b"PUT apple big %s\r\n" % big, ok)
                 conn.expect(GET_BIG.encode(), big + b"\r\nOK\r\n")
-        for name in ("met", "nomet"):
-            if name in self.addresses:
-                with Conn(self.addresses[name], timeout=TEXT_TIMEOUT) as conn:
-                    conn.expect(b"CREATE apple\r\nPUT apple k v\r\n", b"OK\r\n" * 2)
-                    conn.expect(GET_LOCAL.encode(), REPLY.encode())
-        for name in DURABLE_NODES:
+        for name in ("met", "nomet", *DURABLE_NODES):
             if name in self.addresses:
                 with Conn(self.addresses[name], timeout=TEXT_TIMEOUT) as conn:
                     conn.expect(b"CREATE apple\r\nPUT apple k v\r\n", b"OK\r\n" * 2)

@@ -65,13 +65,13 @@ TARGET = Target("<=", 1.5)
 #: A point is cut into at most this many slices, pyrokv and the baseline taking
 #: turns (AB BA AB ...), each slice of at least this many requests (so that its
 #: p99 rests on 10 of them): the p99 ratio is the median over slice pairs.
-SLICES = 10
-SLICE_REQUESTS = 1_000
-#: Slices last at least ``--latency-slice-seconds`` (1 s): the machine stalls for
-#: about 2 ms a few times a second, and in slices of 0.2 s (10,000 requests at
+#: Slices also last at least ``--latency-slice-seconds`` (1 s): the machine stalls
+#: for about 2 ms a few times a second, and in slices of 0.2 s (10,000 requests at
 #: 45,000/s) one stall more or less set the slice's p99 (0.1 ms or 1.4-2.2 ms, on
 #: pyrokv and the echo server alike), so the median of the pairs' ratios said
 #: where the stalls fell (2.22x in one run, 0.83x for the merged p99s).
+SLICES = 10
+SLICE_REQUESTS = 1_000
 #: Percentiles of the table and the JSON.
 PERCENTILES = {"p50": 50.0, "p99": 99.0, "p99.9": 99.9}
 #: Seconds between sending a job and the time its first request is due.
@@ -207,7 +207,7 @@ def open_point(
     total = requests_for(suite, work, load, rate)
     slices = max(1, min(SLICES, total // SLICE_REQUESTS))
     seconds = suite.options.latency_slice_seconds
-    if seconds > 0:  # no slice shorter than that (see SLICE_REQUESTS)
+    if seconds > 0:  # no slice shorter than that (see SLICES)
         slices = max(1, min(slices, int(total / (rate * seconds))))
     each, extra = divmod(total, slices)
     from hdrh.histogram import HdrHistogram  # the bench extra; only this case needs it

@@ -59,8 +59,8 @@ Cases (``--only`` takes these names, comma-separated):
   that data dir plus a log not folded of as many writes, at most the log's bound
   of 500,000 (target <= 5 s).
 - ``metrics``: text GET on the owner over 8 connections, a node with ``--metrics``
-  (scraped once a round) against a twin node without; target >= 0.95x (issue "Operable and
-  pleasant": run it with ``--rounds 5``).
+  (scraped once a round) against a twin node without; target >= 0.95x (issue
+  "Operable and pleasant": run it with ``--rounds 5``).
 - ``moves``: one ``Cluster.set_table`` moving range ``c`` (10^5 keys in 1,000
   buckets; 10^4 in 100 with ``--quick``) between nodes ``mv1`` and ``mv2`` of a
   cluster of their own, with no other load; target <= 2 s (issue 11).
