@@ -185,11 +185,10 @@ def requests_for(suite: Suite, work: Workload, load: float, rate: float) -> int:
     them."""
     options = suite.options
     wanted = options.latency_requests
-    if not (work.targeted and load == TARGET_LOAD):
-        if options.latency_seconds > 0:
-            wanted = min(wanted, int(rate * options.latency_seconds))
-    else:
+    if work.targeted and load == TARGET_LOAD:
         wanted = max(wanted, int(rate * options.latency_slice_seconds * SLICES))
+    elif options.latency_seconds > 0:
+        wanted = min(wanted, int(rate * options.latency_seconds))
     return max(wanted, 10)
 
 
