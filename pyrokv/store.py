@@ -704,17 +704,18 @@ class Store:
                 self._notify(waiters, error)  # not applied, not acknowledged
                 continue
             # everysec, no: the writes were acknowledged; keep them, refuse new ones
-            first = self.failure is None
-            self.failure = error
-            self._notify(waiters, error)
-            retry = ops
-            if first or closing:
+            # logged before the failure shows, so that whoever sees writes refused
+            # can already read why in the log
+            if self.failure is None or closing:
                 log.error(
                     "%s; %d acknowledged writes are not on disk and may be lost: "
                     "the node refuses writes until a commit succeeds again",
                     error,
                     len(ops),
                 )
+            self.failure = error
+            self._notify(waiters, error)
+            retry = ops
             if closing:
                 log.error(
                     "stopping with %d acknowledged writes that could not be "

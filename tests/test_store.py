@@ -5,6 +5,7 @@ failed commits."""
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import sqlite3
 import threading
@@ -308,6 +309,14 @@ def test_always_a_write_that_fails_on_disk_is_not_applied(
     assert registry.get("b", "k") == "new"
 
 
+class SlowHandler(logging.Handler):
+    """Takes a fifth of a second over each record: the time a stalled writer thread
+    may take between deciding to refuse writes and logging why."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        threading.Event().wait(0.2)
+
+
 def test_everysec_a_failed_commit_refuses_writes_until_one_succeeds(
     data: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -316,7 +325,11 @@ def test_everysec_a_failed_commit_refuses_writes_until_one_succeeds(
 ) -> None:
     """fsync everysec: writes were acknowledged when applied; once a commit fails
     they are refused with DiskError (reads go on), the log says how many may be
-    lost, and a commit that succeeds later writes them and lets writes in again."""
+    lost, and a commit that succeeds later writes them and lets writes in again.
+    The log line comes before writes are refused: a slow log handler on the store's
+    logger may not let the refusal overtake it."""
+    logger = logging.getLogger("pyrokv.store")
+    monkeypatch.setattr(logger, "handlers", [*logger.handlers, SlowHandler()])
     registry = open_registry(data, "everysec")
     opened.append(registry)
     registry.create("b")
