@@ -9,6 +9,7 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -314,7 +315,7 @@ class SlowHandler(logging.Handler):
     may take between deciding to refuse writes and logging why."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        threading.Event().wait(0.2)
+        time.sleep(0.2)
 
 
 def test_everysec_a_failed_commit_refuses_writes_until_one_succeeds(
