@@ -125,6 +125,8 @@ class Child:
         self.args = [*prefix, *command]
         environ = {k: v for k, v in os.environ.items() if not k.startswith("PYROKV_")}
         self.log = log
+        #: Whether SIGTERM was sent: never twice (see :meth:`stop`).
+        self._terminated = False
         self._log_lock = threading.Lock()
         self._log: TextIO | None = None
         if log is not None:  # opened first: a log that cannot be opened starts nothing
@@ -253,14 +255,23 @@ class Child:
         return self.proc.poll() is None
 
     def terminate(self) -> None:
-        """Send SIGTERM if the process still runs; no wait (:meth:`stop` waits)."""
-        if self.proc.poll() is None:
+        """Send SIGTERM if the process still runs and was not sent it yet; no wait
+        (:meth:`stop` waits)."""
+        if self.proc.poll() is None and not self._terminated:
+            self._terminated = True
             self.proc.send_signal(signal.SIGTERM)
 
     def stop(self, timeout: float = 5.0) -> int:
-        """SIGTERM, wait up to ``timeout``, then SIGKILL; return the exit code."""
+        """SIGTERM (unless :meth:`terminate` sent it), wait up to ``timeout``, then
+        SIGKILL; return the exit code.
+
+        SIGTERM goes once: a process that has handled it may already have put the
+        default action back (a pyrokv process does, once it has unregistered, and
+        Python does as it exits), so a second one would kill it mid-way through its
+        clean exit.
+        """
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self.terminate()
             try:
                 self.proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:

@@ -477,3 +477,35 @@ def test_supervisor_stops_the_nodes_together_and_the_first_child_last(
     finally:
         for child in (first, *nodes):
             child.kill()
+
+
+#: A child that, on SIGTERM, says so (file ARGV[1]), puts the default action back
+#: (as a pyrokv process does once it has unregistered) and exits 0 half a second
+#: later: a second SIGTERM in that half second would kill it.
+DEFAULT_AFTER_THE_FIRST = """
+import signal, sys, time
+def stop(*_):
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    open(sys.argv[1], "w").close()
+    time.sleep(0.5)
+    sys.exit(0)
+signal.signal(signal.SIGTERM, stop)
+print("READY", flush=True)
+while True:
+    signal.pause()
+"""
+
+
+def test_a_child_is_sent_sigterm_once_by_terminate_then_stop(tmp_path: Path) -> None:
+    """Child.stop after Child.terminate (as Supervisor.stop does) waits for the
+    child's clean exit and sends no second SIGTERM into it."""
+    said = tmp_path / "got-sigterm"
+    child = Child([*script(DEFAULT_AFTER_THE_FIRST), str(said)], "once", pyrokv=False)
+    try:
+        child.wait_for("READY")
+        child.terminate()
+        poll("the child handled SIGTERM", said.exists, 10)
+        child.terminate()  # no effect either
+        assert child.stop() == 0
+    finally:
+        child.kill()
